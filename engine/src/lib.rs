@@ -1,0 +1,1 @@
+//! ils engine library
