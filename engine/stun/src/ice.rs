@@ -110,7 +110,8 @@ struct Tuple {
     last_valid: Instant,
 }
 
-/// ICE-lite responder state of one transport. Never allocates after `new`; all state is inline.
+/// ICE-lite responder state of one transport. Never allocates after `new`; all state is inline
+/// (672 bytes on x86-64: tuple table 384, ufrag 32, precomputed HMAC-SHA1 key, timers).
 pub struct IceLite {
     ufrag: [u8; MAX_UFRAG_LEN],
     ufrag_len: usize,
@@ -907,7 +908,53 @@ mod tests {
     fn ice_lite_is_small() {
         // Documented in MAX_TUPLES_PER_TRANSPORT; keep the inline state bounded.
         let size = std::mem::size_of::<IceLite>();
+        println!(
+            "IceLite {size} B, tuple slot {} B",
+            std::mem::size_of::<Option<Tuple>>()
+        );
         assert!(size < 2048, "IceLite is {size} bytes");
+    }
+
+    /// Rough per-datagram cost; run with
+    /// `cargo test --release -p ils-stun -- --ignored --nocapture timing`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let mut ice = ice();
+        let mut out = [0u8; 128];
+        let good = req(true);
+        let bad_mi = Req {
+            key: Some(b"wrongpasswordwrongpass"),
+            ..Req::default()
+        }
+        .build();
+        let unknown = Req {
+            username: Some(b"othr:cliU"),
+            ..Req::default()
+        }
+        .build();
+        let garbage = [0x01u8; 100];
+        let n = 200_000u32;
+        for (name, msg) in [
+            ("valid request + reply", &good[..]),
+            ("bad integrity", &bad_mi[..]),
+            ("unknown ufrag", &unknown[..]),
+            ("garbage", &garbage[..]),
+        ] {
+            let now = Instant::now();
+            let t = Instant::now();
+            for i in 0..n {
+                let from = addr((i % 4) as u16 + 1);
+                std::hint::black_box(ice.handle_stun(
+                    now,
+                    from,
+                    std::hint::black_box(msg),
+                    &mut out,
+                ));
+            }
+            let ns = t.elapsed().as_nanos() / u128::from(n);
+            println!("{name}: {ns} ns/datagram ({} B)", msg.len());
+        }
     }
 
     proptest! {
