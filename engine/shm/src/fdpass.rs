@@ -177,3 +177,88 @@ pub fn recv_attach_fds(stream: &UnixStream) -> io::Result<AttachFds> {
         control_wake,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Command, EventFd, Region, SLOT_SIZE};
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    #[test]
+    fn round_trip_region_and_eventfds() {
+        let eng = Region::create(2, 8).unwrap();
+        eng.header().set_engine_generation(3);
+        let wakes = [EventFd::new().unwrap(), EventFd::new().unwrap()];
+        let ctl_wake = EventFd::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds = [
+            eng.fd(),
+            wakes[0].as_fd(),
+            wakes[1].as_fd(),
+            ctl_wake.as_fd(),
+        ];
+        send_attach_fds(&a, &fds).unwrap();
+        let got = recv_attach_fds(&b).unwrap();
+        assert_eq!(got.shard_wake.len(), 2);
+
+        let ctl = Region::attach(got.region).unwrap();
+        assert_eq!(ctl.header().engine_generation(), 3);
+        let shard1_wake = EventFd::from_fd(got.shard_wake.into_iter().nth(1).unwrap());
+        let ctl_wake_rx = EventFd::from_fd(got.control_wake);
+
+        // control pushes a command to shard 1 and rings its doorbell
+        let mut p = ctl.command_producer(1).unwrap();
+        let mut buf = [0u8; SLOT_SIZE];
+        let n = Command::RemoveTrack { track: 4 }
+            .encode(1, &mut buf)
+            .unwrap();
+        p.try_push(&buf[..n]).unwrap();
+        shard1_wake.notify();
+        assert!(wakes[1].wait(Some(Duration::from_secs(5))).unwrap());
+        assert_eq!(wakes[1].drain(), 1);
+        assert_eq!(wakes[0].drain(), 0);
+        let mut c = eng.command_consumer(1).unwrap();
+        let m = c.try_pop(&mut buf).unwrap();
+        assert_eq!(
+            Command::decode(&buf[..m]),
+            Ok((1, Command::RemoveTrack { track: 4 }))
+        );
+
+        // a shard wakes control
+        ctl_wake.notify();
+        assert!(ctl_wake_rx.wait(Some(Duration::from_secs(5))).unwrap());
+        assert_eq!(ctl_wake_rx.drain(), 1);
+    }
+
+    #[test]
+    fn send_rejects_bad_counts() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let e = EventFd::new().unwrap();
+        assert!(send_attach_fds(&a, &[e.as_fd(), e.as_fd()]).is_err());
+        let many: Vec<_> = (0..MAX_ATTACH_FDS + 1).map(|_| e.as_fd()).collect();
+        assert!(send_attach_fds(&a, &many).is_err());
+        // The maximum is accepted and received.
+        let max: Vec<_> = (0..MAX_ATTACH_FDS).map(|_| e.as_fd()).collect();
+        let (c, d) = UnixStream::pair().unwrap();
+        send_attach_fds(&c, &max).unwrap();
+        assert_eq!(recv_attach_fds(&d).unwrap().shard_wake.len(), MAX_SHARDS);
+    }
+
+    #[test]
+    fn recv_rejects_garbage_and_missing_fds() {
+        use std::io::Write;
+        // Payload without fds.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"ILSFDS\0\0\x03\0\0\0\x01\0\0\0").unwrap();
+        assert!(recv_attach_fds(&b).is_err());
+        // Garbage payload.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&[0xff; 16]).unwrap();
+        assert!(recv_attach_fds(&b).is_err());
+        // Peer closed.
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        assert!(recv_attach_fds(&b).is_err());
+    }
+}

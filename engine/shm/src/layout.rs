@@ -358,6 +358,110 @@ mod tests {
         assert_eq!(ring_slots_offset(2) % CACHE_LINE, 0);
     }
 
+    fn doc() -> String {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/shm-contract.md");
+        std::fs::read_to_string(p).expect("docs/shm-contract.md present")
+    }
+
+    fn cells(line: &str) -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    }
+
+    /// The documented kind table, size table and header offsets equal the code's.
+    #[test]
+    fn docs_match_code() {
+        let d = doc();
+        let code: Vec<(u16, &str, &str, u16, u16)> = COMMAND_KINDS
+            .iter()
+            .map(|k| (k.kind, k.name, "command", k.min_body, k.max_body))
+            .chain(
+                EVENT_KINDS
+                    .iter()
+                    .map(|k| (k.kind, k.name, "event", k.min_body, k.max_body)),
+            )
+            .collect();
+        let documented: Vec<(u16, String, String, u16, u16)> = d
+            .lines()
+            .filter(|l| l.starts_with("| 0x"))
+            .map(|l| {
+                let c = cells(l);
+                (
+                    u16::from_str_radix(c[0].trim_start_matches("0x"), 16).unwrap(),
+                    c[1].clone(),
+                    c[2].clone(),
+                    c[3].parse().unwrap(),
+                    c[4].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(documented.len(), code.len());
+        for (doc_row, code_row) in documented.iter().zip(&code) {
+            assert_eq!(
+                (
+                    doc_row.0,
+                    doc_row.1.as_str(),
+                    doc_row.2.as_str(),
+                    doc_row.3,
+                    doc_row.4
+                ),
+                *code_row
+            );
+        }
+        // Size table: numeric rows, plus the counted ones.
+        let table = size_table();
+        for l in d.lines().filter(|l| l.starts_with("| ")) {
+            let c = cells(l);
+            if c.len() == 3 {
+                if let (Ok(i), Ok(v)) = (c[0].parse::<usize>(), c[2].parse::<u32>()) {
+                    assert_eq!(table[i].name, c[1]);
+                    assert_eq!(table[i].value, v, "{}", c[1]);
+                }
+            }
+        }
+        let cc = format!(
+            "number of `Counter` variants ({})",
+            crate::counters::COUNTER_COUNT
+        );
+        assert!(d.contains(&cc), "doc must say {cc}");
+        let stl = format!("number of size-table entries ({})", table.len());
+        assert!(d.contains(&stl), "doc must say {stl}");
+        assert!(d.contains(&format!("| 9..={} | cmd.<Name>", 8 + COMMAND_KINDS.len())));
+        assert!(d.contains(&format!(
+            "| {}..={} | evt.<Name>",
+            9 + COMMAND_KINDS.len(),
+            8 + COMMAND_KINDS.len() + EVENT_KINDS.len()
+        )));
+        // Header offsets.
+        for (name, off) in [
+            ("magic", std::mem::offset_of!(Header, magic)),
+            ("abi_version", std::mem::offset_of!(Header, abi_version)),
+            ("n_shards", std::mem::offset_of!(Header, n_shards)),
+            ("ring_slots", std::mem::offset_of!(Header, ring_slots)),
+            (
+                "size_table_len",
+                std::mem::offset_of!(Header, size_table_len),
+            ),
+            ("total_size", std::mem::offset_of!(Header, total_size)),
+            (
+                "engine_generation",
+                std::mem::offset_of!(Header, engine_generation),
+            ),
+            ("heartbeat_ns", std::mem::offset_of!(Header, heartbeat_ns)),
+            ("engine_pid", std::mem::offset_of!(Header, engine_pid)),
+            ("size_table", std::mem::offset_of!(Header, size_table)),
+        ] {
+            let row = d
+                .lines()
+                .find(|l| cells(l).get(2).is_some_and(|c| c == name) && l.starts_with("| "))
+                .unwrap_or_else(|| panic!("header row {name} missing"));
+            assert_eq!(cells(row)[0], off.to_string(), "{name}");
+        }
+    }
+
     #[test]
     fn geometry_checks() {
         assert!(check_geometry(0, 1024).is_err());
