@@ -324,6 +324,9 @@ pub fn write_rewritten(
     let total = csrc_end + block_len + payload.len();
     let out = out.get_mut(..total).ok_or(RtpError::BufferTooSmall)?;
 
+    // INVARIANT: `out` is exactly `total` = 12 + 4*cc + block_len + payload bytes long, and
+    // `plan` sized the extension body for exactly the elements written below (same iterator, same
+    // mapping, same order), so every index below is in bounds.
     out[0] = 0x80 | if plan.any { 0x10 } else { 0 } | cc as u8;
     out[1] = (rw.pt & 0x7F) | if rw.marker { 0x80 } else { 0 };
     out[2..4].copy_from_slice(&rw.seq.to_be_bytes());

@@ -173,7 +173,7 @@ impl Vp8Rewriter {
                 self.max_out_pid = Some(out);
             }
             let at = f.picture_id_at;
-            // parse_fields validated these offsets.
+            // INVARIANT: parse_fields validated that these offsets lie inside `payload`.
             if f.desc.picture_id_15bit {
                 payload[at] = 0x80 | (out >> 8) as u8;
                 payload[at + 1] = out as u8;
