@@ -367,19 +367,16 @@ impl UringRx {
         // SAFETY: the slot [base, base+SLOT_SIZE) lies in `bufs`; the kernel has handed it to
         // us (it is not in the ring until push_buf), so nothing else writes it now.
         let slot = unsafe { std::slice::from_raw_parts_mut(self.bufs.ptr.add(base), len) };
-        let (from, start, plen, trunc, incoming) = {
-            let Ok(out) = types::RecvMsgOut::parse(slot, &self.msghdr) else {
-                st.errors += 1;
-                return;
-            };
-            let start = 16 + self.msghdr.msg_namelen as usize + self.msghdr.msg_controllen;
-            (
-                parse_sockaddr(out.name_data()),
-                start,
-                out.payload_data().len(),
-                out.is_payload_truncated(),
-                out.incoming_payload_len() as usize,
-            )
+        let Some(SlotInfo {
+            from,
+            start,
+            len: plen,
+            truncated: trunc,
+            incoming,
+        }) = parse_slot(slot, &self.msghdr)
+        else {
+            st.errors += 1;
+            return;
         };
         if trunc || plen > MAX_DATAGRAM || incoming > MAX_DATAGRAM {
             st.too_large += 1;
@@ -396,6 +393,42 @@ impl UringRx {
         st.datagrams += 1;
         on_datagram(from, payload);
     }
+}
+
+/// Where the payload of one multishot-recvmsg buffer is, parsed from kernel-written bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SlotInfo {
+    /// Source address (`None` if the name field did not parse).
+    pub from: Option<std::net::SocketAddr>,
+    /// Payload offset in the slot.
+    pub start: usize,
+    /// Payload bytes present in the slot.
+    pub len: usize,
+    /// The kernel set MSG_TRUNC.
+    pub truncated: bool,
+    /// The datagram's real length as reported by the kernel.
+    pub incoming: usize,
+}
+
+/// Parse one received buffer (`io_uring_recvmsg_out` + name + control + payload) laid out
+/// according to `msghdr`. `None` if the slot is shorter than the fixed header. The returned
+/// `start..start + len` always lies inside `slot`.
+pub(crate) fn parse_slot(slot: &[u8], msghdr: &libc::msghdr) -> Option<SlotInfo> {
+    let out = types::RecvMsgOut::parse(slot, msghdr).ok()?;
+    let start = 16usize
+        .checked_add(msghdr.msg_namelen as usize)?
+        .checked_add(msghdr.msg_controllen)?;
+    let len = out.payload_data().len();
+    if start.checked_add(len)? > slot.len() {
+        return None;
+    }
+    Some(SlotInfo {
+        from: parse_sockaddr(out.name_data()),
+        start,
+        len,
+        truncated: out.is_payload_truncated(),
+        incoming: out.incoming_payload_len() as usize,
+    })
 }
 
 impl Drop for UringRx {
@@ -487,6 +520,73 @@ mod tests {
         const { assert!(SLOT_SIZE >= 16 + SOCKADDR_IN6_LEN + RECV_BUF_SIZE) };
         const { assert!(SLOT_SIZE % 64 == 0) };
         assert_eq!(SLOT_SIZE, 2112);
+    }
+
+    fn recv_msghdr() -> libc::msghdr {
+        // SAFETY: all-zero msghdr is valid.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_namelen = SOCKADDR_IN6_LEN as libc::socklen_t;
+        m
+    }
+
+    /// Build a slot the way the kernel lays it out.
+    fn slot(name: std::net::SocketAddr, payload: &[u8], real_len: u32, flags: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(SOCKADDR_IN_LEN as u32).to_ne_bytes()); // namelen
+        v.extend_from_slice(&0u32.to_ne_bytes()); // controllen
+        v.extend_from_slice(&real_len.to_ne_bytes()); // payloadlen
+        v.extend_from_slice(&flags.to_ne_bytes()); // flags
+        let mut sa = crate::addr::zeroed_sockaddr();
+        crate::addr::write_sockaddr(name, false, &mut sa).unwrap();
+        v.extend_from_slice(crate::addr::sockaddr_bytes(&sa));
+        v.extend_from_slice(payload);
+        v
+    }
+
+    use crate::addr::SOCKADDR_IN_LEN;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parse_slot_finds_payload_and_name() {
+        let from: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let s = slot(from, b"hello", 5, 0);
+        let info = parse_slot(&s, &recv_msghdr()).unwrap();
+        assert_eq!(info.from, Some(from));
+        assert_eq!(&s[info.start..info.start + info.len], b"hello");
+        assert!(!info.truncated);
+        let t = slot(from, &[1; 10], 5000, libc::MSG_TRUNC as u32);
+        let info = parse_slot(&t, &recv_msghdr()).unwrap();
+        assert!(info.truncated);
+        assert_eq!((info.len, info.incoming), (10, 5000));
+    }
+
+    #[test]
+    fn parse_slot_every_truncation_is_safe() {
+        let from: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let s = slot(from, &[7; 100], 100, 0);
+        let m = recv_msghdr();
+        for n in 0..s.len() {
+            match parse_slot(&s[..n], &m) {
+                None => assert!(n < 16 + SOCKADDR_IN6_LEN, "len {n}"),
+                Some(i) => assert!(i.start + i.len <= n),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_slot_arbitrary_bytes_never_panic(
+            b in proptest::collection::vec(any::<u8>(), 0..256),
+            namelen in 0u32..64,
+            controllen in 0usize..64,
+        ) {
+            let mut m = recv_msghdr();
+            m.msg_namelen = namelen;
+            m.msg_controllen = controllen;
+            if let Some(i) = parse_slot(&b, &m) {
+                prop_assert!(i.start + i.len <= b.len());
+            }
+        }
     }
 
     #[test]

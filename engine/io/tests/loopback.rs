@@ -116,6 +116,7 @@ both_backends!(
     ipv6_loopback,
     small_buffer_ring_rearms,
     v6_dest_on_v4_socket_counted,
+    gso_refused_falls_back,
 );
 
 fn receive_200_in_order(choice: BackendChoice) {
@@ -418,4 +419,73 @@ fn dual_stack_unspecified_v6_receives_v4() {
     let mut buf = [0u8; 8];
     let (n, _) = s.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"ok");
+}
+
+fn gso_refused_falls_back(choice: BackendChoice) {
+    for path in [SendPath::Sendmmsg, SendPath::UringSendMsg] {
+        let mut cfg = IoConfig::new("127.0.0.1:0".parse().unwrap());
+        cfg.backend = choice;
+        cfg.send_path = Some(path);
+        let (mut io, _ev) = open_cfg(&cfg);
+        if !io.gso() {
+            return; // kernel without GSO: nothing to refuse
+        }
+        // SO_NO_CHECK (no UDP checksum) makes the kernel refuse UDP_SEGMENT with EINVAL.
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, pointer to a live c_int.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&io),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        assert_eq!(r, 0);
+        let rx: Vec<UdpSocket> = (0..3)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s
+            })
+            .collect();
+        let mut tx = TxBatch::new(1 << 20, 256);
+        tx.set_gso(true);
+        for i in 0..5u16 {
+            for (d, r) in rx.iter().enumerate() {
+                let p = payload(d as u8, i, 1000);
+                tx.reserve(r.local_addr().unwrap(), 1000)
+                    .unwrap()
+                    .copy_from_slice(&p);
+            }
+        }
+        let st = io.flush(&mut tx);
+        assert_eq!(st.segments, 15, "{path:?} {st:?}");
+        assert_eq!((st.gso_bursts, st.errors, st.dropped), (0, 0, 0), "{st:?}");
+        assert!(!io.gso());
+        assert!(io
+            .degraded()
+            .iter()
+            .any(|d| matches!(d, Degraded::GsoUnsupported(_))));
+        let mut buf = [0u8; 2048];
+        for (d, r) in rx.iter().enumerate() {
+            for i in 0..5u16 {
+                let (n, _) = r.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &payload(d as u8, i, 1000)[..]);
+            }
+        }
+        // Later batches: GSO stays off, bursts queued anyway go out as singles.
+        tx.reserve(rx[0].local_addr().unwrap(), 10).unwrap().fill(1);
+        tx.reserve(rx[0].local_addr().unwrap(), 10).unwrap().fill(2);
+        let st = io.flush(&mut tx);
+        assert_eq!((st.segments, st.datagrams, st.gso_bursts), (2, 2, 0));
+        assert_eq!(
+            io.degraded()
+                .iter()
+                .filter(|d| matches!(d, Degraded::GsoUnsupported(_)))
+                .count(),
+            1
+        );
+    }
 }
