@@ -32,6 +32,34 @@ struct Case {
     gso: bool,
 }
 
+/// CPU time (utime + stime) of all `ksoftirqd/N` kernel threads: loopback receive work the
+/// kernel defers there is not charged to the sending thread.
+fn ksoftirqd_cpu() -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ticks = 0u64;
+    if let Ok(d) = std::fs::read_dir("/proc") {
+        for e in d.flatten() {
+            let p = e.path();
+            let is_ksoft = std::fs::read_to_string(p.join("comm"))
+                .map(|c| c.starts_with("ksoftirqd/"))
+                .unwrap_or(false);
+            if !is_ksoft {
+                continue;
+            }
+            if let Ok(stat) = std::fs::read_to_string(p.join("stat")) {
+                // Fields after the ")" : state is field 3; utime/stime are fields 14/15.
+                if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    ticks += get(11) + get(12);
+                }
+            }
+        }
+    }
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 /// Threads of this process that are io_uring async workers (work punted off the sender).
 fn iou_workers() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -48,6 +76,7 @@ fn iou_workers() -> usize {
 }
 
 struct Outcome {
+    softirq_us: f64,
     workers: usize,
     pps: f64,
     cpu_us: f64,
@@ -69,6 +98,7 @@ fn run_case(c: &Case, dests: &[SocketAddr], secs: f64) -> Outcome {
     let mut sent = 0usize;
     let mut dropped = 0usize;
     let cpu0 = thread_cpu();
+    let soft0 = ksoftirqd_cpu();
     let t0 = Instant::now();
     let dur = Duration::from_secs_f64(secs);
     let mut seq = 0u32;
@@ -89,9 +119,11 @@ fn run_case(c: &Case, dests: &[SocketAddr], secs: f64) -> Outcome {
     let el = t0.elapsed().as_secs_f64();
     let workers = iou_workers();
     let cpu = (thread_cpu() - cpu0).as_secs_f64();
+    let soft = ksoftirqd_cpu().saturating_sub(soft0).as_secs_f64();
     // SAFETY: we own ev.
     unsafe { libc::close(ev) };
     Outcome {
+        softirq_us: soft * 1e6 / sent.max(1) as f64,
         workers,
         pps: sent as f64 / el,
         cpu_us: cpu * 1e6 / sent.max(1) as f64,
@@ -186,16 +218,19 @@ fn main() {
         };
         let mut pps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let mut soft: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         for _ in 0..rounds {
             for (i, c) in cases.iter().enumerate() {
                 let o = run_case(c, &dests, secs);
                 pps[i].push(o.pps);
                 cpu[i].push(o.cpu_us);
+                soft[i].push(o.softirq_us);
                 println!(
-                    "{k:>4}  {:<32} {:>12.0} {:>10.2} {:>9}  {:?}{}{}",
+                    "{k:>4}  {:<32} {:>12.0} {:>10.2} {:>9.2} {:>9}  {:?}{}{}",
                     c.name,
                     o.pps,
                     o.cpu_us,
+                    o.softirq_us,
                     o.dropped,
                     o.kind,
                     if c.gso && !o.gso { " (GSO off)" } else { "" },
@@ -214,10 +249,11 @@ fn main() {
             };
             for (i, c) in cases.iter().enumerate() {
                 println!(
-                    "{k:>4}  {:<32} {:>12.0} {:>10.2}  median of {rounds}",
+                    "{k:>4}  {:<32} {:>12.0} {:>10.2} {:>9.2}  median of {rounds}",
                     c.name,
                     med(&mut pps[i]),
-                    med(&mut cpu[i])
+                    med(&mut cpu[i]),
+                    med(&mut soft[i])
                 );
             }
         }

@@ -465,7 +465,10 @@ pub(crate) fn send_uring(
             let mut sq = ring.submission();
             for i in off..off + k {
                 let msg = &tx.mmsg[i].msg_hdr as *const libc::msghdr;
+                // MSG_DONTWAIT: a full socket buffer fails fast (EAGAIN, counted as dropped)
+                // like sendmmsg, instead of io_uring parking the send until writable.
                 let e = opcode::SendMsg::new(types::Fd(st.fd), msg)
+                    .flags(libc::MSG_DONTWAIT as u32)
                     .build()
                     .user_data(i as u64);
                 // SAFETY: the msghdr and everything it points to live in `tx`, which is
