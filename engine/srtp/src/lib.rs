@@ -49,7 +49,9 @@ pub const REPLAY_WINDOW: u64 = 128;
 ///
 /// Default 64 (a WebRTC transport carries a handful of SSRCs: audio, simulcast layers, RTX,
 /// FEC). Bounds the memory an authenticated but abusive peer can make us keep.
-/// Worst-case memory per context: 64 × (48 + 48 + 16 + 8) bytes ≈ 7.5 KiB, all allocated at
+/// Worst-case memory per context: the four tables take 64 × (36 + 36 + 12 + 8) bytes ≈ 5.9 KiB
+/// (SSRC + replay window + index per entry), all inline; `size_of::<SrtpContext>()` is about
+/// 7.7 KiB including the session keys (pinned by a test). Nothing grows after
 /// [`SrtpContext::new`].
 pub const MAX_SSRCS_PER_CONTEXT: usize = 64;
 

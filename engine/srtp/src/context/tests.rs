@@ -494,3 +494,11 @@ proptest! {
         prop_assert!(c.unprotect_rtcp(&mut b2).is_err());
     }
 }
+
+#[test]
+fn context_size_is_bounded() {
+    let size = std::mem::size_of::<SrtpContext>();
+    println!("size_of::<SrtpContext>() = {size}");
+    // All per-SSRC state is inline (no heap): keep it under 8 KiB.
+    assert!(size <= 8 * 1024, "{size}");
+}
