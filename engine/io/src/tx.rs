@@ -376,6 +376,7 @@ fn write_segment_cmsg(buf: &mut CmsgBuf, seg_size: u16) {
     unsafe { std::ptr::write(buf.0.as_mut_ptr().cast::<libc::cmsghdr>(), h) };
     // SAFETY: CMSG_LEN(0) is the (aligned) header size.
     let data = unsafe { libc::CMSG_LEN(0) } as usize;
+    // INVARIANT: data + 2 = CMSG_LEN(2) <= CMSG_SPACE(2) <= CMSG_BUF_LEN (const-asserted).
     buf.0[data..data + 2].copy_from_slice(&seg_size.to_ne_bytes());
 }
 

@@ -457,6 +457,7 @@ pub(crate) fn send_uring(
     let mut off = 0;
     while off < n {
         let k = (n - off).min(cap);
+        // INVARIANT: off + k <= n <= max_segs = results.len() (n messages come from `build`).
         for r in &mut tx.results[off..off + k] {
             *r = PENDING;
         }
