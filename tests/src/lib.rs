@@ -2,6 +2,7 @@
 //! (not our own protocol code), a DTLS-over-channels driver for the test control plane, and
 //! process/port helpers.
 
+pub mod control;
 pub mod dtls;
 pub mod peer;
 pub mod proc;

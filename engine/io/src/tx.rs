@@ -49,6 +49,19 @@ struct Burst {
     closed: bool,
 }
 
+/// How to undo the most recent `reserve` (see [`TxBatch::cancel_last`]).
+#[derive(Clone, Copy)]
+enum Undo {
+    /// The segment joined burst `burst`, whose previous last segment and closed flag were these.
+    Joined {
+        burst: u32,
+        prev_last: u32,
+        prev_closed: bool,
+    },
+    /// The segment started a new burst; the hash slot `slot` held `prev` before.
+    NewBurst { slot: usize, prev: Slot },
+}
+
 #[derive(Clone, Copy, Default)]
 struct Slot {
     gen: u32,
@@ -99,6 +112,7 @@ pub struct TxBatch {
     pub(crate) meta: Vec<MsgMeta>,
     /// io_uring send results (`cqe.result()`), indexed like `mmsg`.
     pub(crate) results: Vec<i32>,
+    undo: Option<Undo>,
 }
 
 // SAFETY: the raw pointers inside `mmsg`/`iov` only ever point into this TxBatch's own heap
@@ -161,6 +175,7 @@ impl TxBatch {
             cmsg: vec![CmsgBuf([0; CMSG_BUF_LEN]); max],
             meta: vec![MsgMeta::default(); max],
             results: vec![0; max],
+            undo: None,
         }
     }
 
@@ -206,6 +221,7 @@ impl TxBatch {
         self.used = 0;
         self.segs.clear();
         self.bursts.clear();
+        self.undo = None;
         self.gen = self.gen.wrapping_add(1);
         if self.gen == 0 {
             self.table.fill(Slot::default());
@@ -248,6 +264,11 @@ impl TxBatch {
                             && usize::from(b.count) < MAX_GSO_SEGMENTS
                             && (b.bytes as usize) + len <= MAX_GSO_BYTES
                         {
+                            self.undo = Some(Undo::Joined {
+                                burst: s.burst,
+                                prev_last: b.last,
+                                prev_closed: b.closed,
+                            });
                             if let Some(last) = self.segs.get_mut(b.last as usize) {
                                 last.next = seg_idx;
                             }
@@ -268,6 +289,15 @@ impl TxBatch {
         }
         if !joined {
             let burst_idx = self.bursts.len() as u32;
+            let prev = if self.gso {
+                self.table.get(slot_idx).copied().unwrap_or_default()
+            } else {
+                Slot::default()
+            };
+            self.undo = Some(Undo::NewBurst {
+                slot: slot_idx,
+                prev,
+            });
             self.bursts.push(Burst {
                 dest,
                 first: seg_idx,
@@ -293,6 +323,43 @@ impl TxBatch {
         });
         self.used = end;
         self.arena.get_mut(off as usize..end)
+    }
+
+    /// Take back the most recent [`TxBatch::reserve`] (the caller could not fill the bytes, e.g.
+    /// encryption failed), so no half-written datagram is sent. Only the latest reserve can be
+    /// cancelled; returns false if there is nothing to cancel.
+    pub fn cancel_last(&mut self) -> bool {
+        let Some(undo) = self.undo.take() else {
+            return false;
+        };
+        let Some(seg) = self.segs.pop() else {
+            return false;
+        };
+        self.used = seg.off as usize;
+        match undo {
+            Undo::Joined {
+                burst,
+                prev_last,
+                prev_closed,
+            } => {
+                if let Some(b) = self.bursts.get_mut(burst as usize) {
+                    b.last = prev_last;
+                    b.count = b.count.saturating_sub(1);
+                    b.bytes = b.bytes.saturating_sub(u32::from(seg.len));
+                    b.closed = prev_closed;
+                }
+                if let Some(last) = self.segs.get_mut(prev_last as usize) {
+                    last.next = NONE;
+                }
+            }
+            Undo::NewBurst { slot, prev } => {
+                self.bursts.pop();
+                if let Some(t) = self.table.get_mut(slot) {
+                    *t = prev;
+                }
+            }
+        }
+        true
     }
 
     /// Fill the syscall arrays from the queued bursts. With `gso` false every segment
@@ -543,6 +610,44 @@ mod tests {
         }
         assert!(t.reserve(a(2), 10).is_none());
         assert_eq!(t.segments(), 3);
+    }
+
+    #[test]
+    fn cancel_last_undoes_joined_and_new_bursts() {
+        let mut t = TxBatch::new(1 << 20, 1024);
+        t.set_gso(true);
+        assert!(!t.cancel_last(), "nothing to cancel");
+        t.reserve(a(1), 1000).unwrap();
+        t.reserve(a(1), 1000).unwrap();
+        let used = t.arena_used();
+        // a shorter segment joins and would close the burst; cancelling reopens it
+        t.reserve(a(1), 400).unwrap();
+        assert!(t.cancel_last());
+        assert!(!t.cancel_last(), "only the latest reserve can be cancelled");
+        assert_eq!((t.len(), t.segments(), t.arena_used()), (1, 2, used));
+        t.reserve(a(1), 1000).unwrap();
+        assert_eq!(
+            (t.len(), t.segments()),
+            (1, 3),
+            "burst still open after cancel"
+        );
+        // a new burst for another destination, cancelled: the table forgets it
+        t.reserve(a(2), 700).unwrap();
+        assert!(t.cancel_last());
+        assert_eq!(t.len(), 1);
+        t.reserve(a(2), 700).unwrap();
+        t.reserve(a(2), 700).unwrap();
+        assert_eq!((t.len(), t.segments()), (2, 5));
+        let (n, e, d) = t.build(true, false);
+        assert_eq!((n, e, d), (2, 0, 0));
+        assert!(t.meta[0].gso && t.meta[0].segs == 3);
+        assert!(t.meta[1].gso && t.meta[1].segs == 2);
+        // without GSO
+        let mut t = TxBatch::new(1 << 20, 16);
+        t.reserve(a(3), 100).unwrap();
+        t.reserve(a(3), 100).unwrap();
+        assert!(t.cancel_last());
+        assert_eq!((t.len(), t.segments()), (1, 1));
     }
 
     #[test]

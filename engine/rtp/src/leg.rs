@@ -67,6 +67,19 @@ impl LegDrop {
     }
 }
 
+/// Where an outgoing sequence number came from (see [`LegRewriter::map_out`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedOut {
+    /// Simulcast layer of the original packet.
+    pub layer: u8,
+    /// Its source sequence number.
+    pub src_seq: u16,
+    /// `out_ts = src_ts + ts_offset` for its segment.
+    pub ts_offset: u32,
+    /// It belongs to the previous segment (before the last switch).
+    pub previous: bool,
+}
+
 /// A run of output sequence numbers that map to one layer with one offset.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -79,16 +92,19 @@ struct Segment {
     highest_src: u16,
     /// Unwrapped distance of `highest_src` from the first source seq (0 at start).
     highest_rel: u64,
+    /// out_ts = src_ts + ts_offset (mod 2^32) for packets of this segment.
+    ts_offset: u32,
 }
 
 impl Segment {
-    fn new(layer: u8, src: u16, out_start: u16) -> Self {
+    fn new(layer: u8, src: u16, out_start: u16, ts_offset: u32) -> Self {
         Segment {
             layer,
             out_start,
             seq_offset: out_start.wrapping_sub(src),
             highest_src: src,
             highest_rel: 0,
+            ts_offset,
         }
     }
 
@@ -250,7 +266,7 @@ impl LegRewriter {
             }
         }
         self.prev = self.cur;
-        self.cur = Some(Segment::new(layer, seq, out_start));
+        self.cur = Some(Segment::new(layer, seq, out_start, self.ts_offset));
         self.probation = None;
     }
 
@@ -278,6 +294,25 @@ impl LegRewriter {
         self.cur
             .and_then(|s| s.map(out_seq))
             .or_else(|| self.prev.and_then(|s| s.map(out_seq)))
+    }
+
+    /// Like [`Self::map_out_to_src`], plus what a retransmission needs to be rewritten exactly
+    /// like the original: the segment's timestamp offset (`out_ts = src_ts + ts_offset`) and
+    /// whether the packet belongs to the previous segment (for the VP8 id offsets).
+    pub fn map_out(&self, out_seq: u16) -> Option<MappedOut> {
+        let with = |previous: bool| {
+            move |s: Segment| {
+                s.map(out_seq).map(|(layer, src_seq)| MappedOut {
+                    layer,
+                    src_seq,
+                    ts_offset: s.ts_offset,
+                    previous,
+                })
+            }
+        };
+        self.cur
+            .and_then(with(false))
+            .or_else(|| self.prev.and_then(with(true)))
     }
 }
 

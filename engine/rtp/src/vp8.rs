@@ -140,6 +140,8 @@ pub struct Vp8Rewriter {
     max_out_pid: Option<u16>,
     tl0_offset: u8,
     max_out_tl0: Option<u8>,
+    /// Offsets in force before the last switch (for retransmissions from the previous segment).
+    prev_offsets: (u16, u8),
 }
 
 impl Vp8Rewriter {
@@ -151,6 +153,9 @@ impl Vp8Rewriter {
     /// `switched` = this is the first packet after a layer switch. Rewrites payload (the descriptor bytes) in place.
     pub fn rewrite(&mut self, payload: &mut [u8], switched: bool) -> Result<(), RtpError> {
         let f = parse_fields(payload)?;
+        if switched {
+            self.prev_offsets = (self.pid_offset, self.tl0_offset);
+        }
         if let Some(pid) = f.desc.picture_id {
             let in15 = match (f.desc.picture_id_15bit, self.last_in_pid) {
                 (false, Some(last)) if !switched => {
@@ -196,6 +201,37 @@ impl Vp8Rewriter {
                 self.max_out_tl0 = Some(out);
             }
             payload[f.tl0_at] = out;
+        }
+        Ok(())
+    }
+
+    /// Rewrite the ids of a *retransmitted* packet without touching the rewriter's state: a
+    /// NACKed packet gets the ids it had the first time. `previous` selects the offsets in force
+    /// before the last switch (the packet belongs to the previous layer segment).
+    pub fn rewrite_retransmission(
+        &self,
+        payload: &mut [u8],
+        previous: bool,
+    ) -> Result<(), RtpError> {
+        let (pid_offset, tl0_offset) = if previous {
+            self.prev_offsets
+        } else {
+            (self.pid_offset, self.tl0_offset)
+        };
+        let f = parse_fields(payload)?;
+        if let Some(pid) = f.desc.picture_id {
+            let out = pid.wrapping_add(pid_offset) & PID_MASK;
+            let at = f.picture_id_at;
+            // INVARIANT: parse_fields validated that these offsets lie inside `payload`.
+            if f.desc.picture_id_15bit {
+                payload[at] = 0x80 | (out >> 8) as u8;
+                payload[at + 1] = out as u8;
+            } else {
+                payload[at] = (out & 0x7F) as u8;
+            }
+        }
+        if let Some(tl0) = f.desc.tl0picidx {
+            payload[f.tl0_at] = tl0.wrapping_add(tl0_offset);
         }
         Ok(())
     }
