@@ -10,5 +10,6 @@
 pub mod core;
 pub mod counters;
 pub mod engine;
+pub mod fuzz;
 pub mod shard;
 pub mod xshard;

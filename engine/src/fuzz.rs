@@ -1,0 +1,1 @@
+//! Fuzz harness bodies (see tools/fuzz). Filled in by the fuzzing work.
