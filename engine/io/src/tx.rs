@@ -36,6 +36,8 @@ struct Seg {
     off: u32,
     len: u16,
     next: u32,
+    /// Index of the burst (destination) this segment belongs to.
+    burst: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -249,6 +251,7 @@ impl TxBatch {
         let off = self.used as u32;
         let len16 = len as u16;
         let mut joined = false;
+        let mut seg_burst = self.bursts.len() as u32;
         let mut slot_idx = usize::MAX;
         if self.gso {
             let mut i = (hash(&dest) as usize) & self.table_mask;
@@ -279,6 +282,7 @@ impl TxBatch {
                                 b.closed = true;
                             }
                             joined = true;
+                            seg_burst = s.burst;
                         }
                         break;
                     }
@@ -320,9 +324,21 @@ impl TxBatch {
             off,
             len: len16,
             next: NONE,
+            burst: seg_burst,
         });
         self.used = end;
         self.arena.get_mut(off as usize..end)
+    }
+
+    /// Read-only view of what is queued: one `(destination, bytes)` item per segment (wire
+    /// datagram), in `reserve` order. For tests and diagnostics; does not allocate.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.segs.iter().filter_map(move |s| {
+            let dest = self.bursts.get(s.burst as usize)?.dest;
+            let start = s.off as usize;
+            let bytes = self.arena.get(start..start + usize::from(s.len))?;
+            Some((dest, bytes))
+        })
     }
 
     /// Take back the most recent [`TxBatch::reserve`] (the caller could not fill the bytes, e.g.
@@ -582,6 +598,37 @@ mod tests {
 
     fn a(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn iter_yields_segments_in_reserve_order() {
+        let mut t = TxBatch::new(1 << 16, 64);
+        t.set_gso(true);
+        assert_eq!(t.iter().count(), 0);
+        // interleaved destinations: bursts group them, iter keeps reserve order
+        for (i, (port, len)) in [(1, 100), (2, 50), (1, 100), (3, 7), (2, 50), (1, 60)]
+            .into_iter()
+            .enumerate()
+        {
+            t.reserve(a(port), len).unwrap().fill(i as u8);
+        }
+        t.reserve(a(4), 9).unwrap().fill(0xEE);
+        assert!(t.cancel_last());
+        let got: Vec<(SocketAddr, usize, u8)> = t.iter().map(|(d, b)| (d, b.len(), b[0])).collect();
+        assert_eq!(
+            got,
+            vec![
+                (a(1), 100, 0),
+                (a(2), 50, 1),
+                (a(1), 100, 2),
+                (a(3), 7, 3),
+                (a(2), 50, 4),
+                (a(1), 60, 5),
+            ]
+        );
+        assert!(t.iter().all(|(_, b)| b.iter().all(|&x| x == b[0])));
+        t.clear();
+        assert_eq!(t.iter().count(), 0);
     }
 
     #[test]
