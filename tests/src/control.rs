@@ -138,7 +138,7 @@ pub struct TestControl {
     wakes: Vec<EventFd>,
     shared: Arc<Shared>,
     seq: AtomicU32,
-    pump: Option<std::thread::JoinHandle<()>>,
+    pump: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl TestControl {
@@ -203,7 +203,7 @@ impl TestControl {
             wakes,
             shared,
             seq: AtomicU32::new(1),
-            pump: Some(pump),
+            pump: Mutex::new(Some(pump)),
         }))
     }
 
@@ -366,11 +366,22 @@ impl TestControl {
     }
 }
 
-impl Drop for TestControl {
-    fn drop(&mut self) {
+impl TestControl {
+    /// Stop reading events and sending DTLS (as if this control process died). The engine
+    /// is not told; a new [`TestControl::attach`] takes over the rings where this one stopped.
+    pub fn detach(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(p) = self.pump.take() {
+        if let Some(p) = self.pump.lock().ok().and_then(|mut p| p.take()) {
             let _ = p.join();
         }
+        if let Ok(mut d) = self.shared.dtls.lock() {
+            d.clear();
+        }
+    }
+}
+
+impl Drop for TestControl {
+    fn drop(&mut self) {
+        self.detach();
     }
 }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod dtls;
 pub mod peer;
 pub mod proc;
+pub mod scenario;
 
 pub use dtls::{
     dtls_client_conn, dtls_server, dtls_server_conn, fingerprint, generate_cert, ChannelConn,
