@@ -751,8 +751,10 @@ impl Core {
                         }
                     }
                 }
-                Ok(RtcpPacket::SenderReport { ssrc, ntp, .. }) => {
-                    self.on_sender_report(now, ti, ssrc, ntp);
+                Ok(RtcpPacket::SenderReport {
+                    ssrc, ntp, rtp_ts, ..
+                }) => {
+                    self.on_sender_report(now, ti, ssrc, ntp, rtp_ts, tx);
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -778,17 +780,81 @@ impl Core {
         }
     }
 
-    fn on_sender_report(&mut self, now: Instant, ti: usize, ssrc: u32, ntp: u64) {
+    fn on_sender_report(
+        &mut self,
+        now: Instant,
+        ti: usize,
+        ssrc: u32,
+        ntp: u64,
+        rtp_ts: u32,
+        tx: &mut TxBatch,
+    ) {
         let Some(t) = self.transports.get(ti).and_then(|t| t.as_ref()) else {
             return;
         };
         let Some(b) = t.ssrcs.iter().find(|b| b.ssrc == ssrc && !b.rtx).copied() else {
             return;
         };
-        if let Some(track) = self.tracks.get_mut(&b.track) {
-            let l = &mut track.layers[usize::from(b.layer).min(MAX_LAYERS - 1)];
-            if let Some(r) = l.recv.as_mut() {
-                r.on_sender_report(now, ntp);
+        let Some(track) = self.tracks.get_mut(&b.track) else {
+            return;
+        };
+        let l = &mut track.layers[usize::from(b.layer).min(MAX_LAYERS - 1)];
+        if let Some(r) = l.recv.as_mut() {
+            r.on_sender_report(now, ntp);
+        }
+        // Subscribers need the publisher's NTP/RTP mapping for lip sync: translate it to each
+        // leg (its SSRC, its timestamp offset), here and on the shards that subscribe.
+        let mut mask = track.remote_shards;
+        while mask != 0 {
+            let s = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            self.send_xshard(
+                s,
+                XMsg::SenderReport {
+                    track: b.track,
+                    layer: b.layer,
+                    ntp,
+                    rtp_ts,
+                },
+            );
+        }
+        self.forward_sender_report(b.track, b.layer, ntp, rtp_ts, tx);
+    }
+
+    /// Send a translated sender report to every local leg currently forwarding `track`/`layer`.
+    fn forward_sender_report(
+        &mut self,
+        track_id: u32,
+        layer: u8,
+        ntp: u64,
+        rtp_ts: u32,
+        tx: &mut TxBatch,
+    ) {
+        let Some(track) = self.tracks.get(&track_id) else {
+            return;
+        };
+        for &li in &track.local_legs {
+            let Some(leg) = self.legs.get(li).and_then(|l| l.as_ref()) else {
+                continue;
+            };
+            if leg.rw.current_layer() != Some(layer) {
+                continue;
+            }
+            let Some(t) = self
+                .transports
+                .get_mut(leg.transport)
+                .and_then(|t| t.as_mut())
+            else {
+                continue;
+            };
+            let mut tmp = [0u8; 28];
+            let ts = rtp_ts.wrapping_add(leg.rw.ts_offset());
+            // RTCP counts are 32-bit and wrap by definition (RFC 3550 §6.4.1).
+            let (packets, octets) = (leg.packets as u32, leg.bytes as u32);
+            if let Ok(n) = rtcpw::write_sr(&mut tmp, leg.spec.ssrc, ntp, ts, packets, octets, &[]) {
+                if send_rtcp(t, &tmp[..n], tx) {
+                    self.counters.inc(Counter::RtcpSent);
+                }
             }
         }
     }
@@ -900,6 +966,12 @@ impl Core {
             XMsg::KeyframeRequest { track, layer } => {
                 self.request_keyframe(now, track, layer, tx);
             }
+            XMsg::SenderReport {
+                track,
+                layer,
+                ntp,
+                rtp_ts,
+            } => self.forward_sender_report(track, layer, ntp, rtp_ts, tx),
         }
     }
 

@@ -134,6 +134,7 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
     };
     let mut slot = Box::new([0u8; SLOT_SIZE]);
     let n_shards = p.mesh.shards();
+    let mut degraded_seen = io.degraded().len();
     while !p.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let timeout = core
@@ -169,6 +170,12 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
         core.handle_timeout(now, &mut tx, &mut out);
         let fs = io.flush(&mut tx);
         tx.set_gso(io.gso());
+        if io.degraded().len() != degraded_seen {
+            for d in io.degraded().iter().skip(degraded_seen) {
+                tracing::warn!(shard = p.index, "I/O degraded at run time: {d:?}");
+            }
+            degraded_seen = io.degraded().len();
+        }
         let c = core.counters_mut();
         c.add(Counter::TxPackets, fs.segments as u64);
         c.add(Counter::GsoBursts, fs.gso_bursts as u64);

@@ -59,6 +59,17 @@ pub enum XMsg {
         /// true = add, false = remove.
         on: bool,
     },
+    /// The publisher of `track` sent a sender report for encoding `layer`.
+    SenderReport {
+        /// Track id.
+        track: u32,
+        /// Encoding index.
+        layer: u8,
+        /// NTP timestamp.
+        ntp: u64,
+        /// RTP timestamp (publisher's clock).
+        rtp_ts: u32,
+    },
     /// A subscriber on another shard needs a keyframe of `track`/`layer`.
     KeyframeRequest {
         /// Track id.

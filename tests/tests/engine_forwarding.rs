@@ -16,7 +16,8 @@ use bytes::Bytes;
 use ils_shm::{Command, Counter, Event};
 use ils_tests::control::{EngineProc, TestControl};
 use ils_tests::scenario::{
-    audio_spec, connect, leg, rtp_packet, video_spec, vp8_payload, AUDIO_TRACK, PUBLISHER, VIDEO_TRACK,
+    audio_spec, connect, leg, rtp_packet, video_spec, vp8_payload, AUDIO_TRACK, PUBLISHER,
+    VIDEO_TRACK,
 };
 use ils_tests::{generate_cert, TestPeer};
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -26,6 +27,8 @@ const SUBSCRIBERS: usize = 50;
 const FRAMES: u16 = 100;
 const SWITCH_AT: u16 = 50;
 const KEYFRAME_L2_AT: u16 = 60;
+const SR_AT: u16 = 20;
+const SR_NTP: u64 = 0xE000_0000_8000_0000;
 struct Sub {
     peer: TestPeer,
     transport: u32,
@@ -152,6 +155,20 @@ async fn scenario(backend: &str) -> anyhow::Result<()> {
             );
             publisher.send_rtp(&pkt).await?;
         }
+        if f == SR_AT {
+            // a sender report for layer 1 (the layer the legs forward now): every subscriber must
+            // get it translated to its own SSRC and timestamp base
+            let sr = rtcp::sender_report::SenderReport {
+                ssrc: video_ssrc[1],
+                ntp_time: SR_NTP,
+                rtp_time: 4_294_000_000u32.wrapping_add(u32::from(f) * 3000),
+                packet_count: u32::from(f),
+                octet_count: 1000,
+                reports: vec![],
+                profile_extensions: Bytes::new(),
+            };
+            publisher.send_rtcp(&[Box::new(sr)]).await?;
+        }
         let apkt = rtp_packet(
             audio_ssrc,
             111,
@@ -265,6 +282,33 @@ async fn scenario(backend: &str) -> anyhow::Result<()> {
         } else {
             assert!(rtx.is_empty(), "sub {i}: unexpected retransmissions");
         }
+        // the translated sender report: same NTP time, the leg's SSRC and timestamp base
+        let frame_ts = by_seq
+            .values()
+            .map(|v| v[0])
+            .find(|p| {
+                p.payload[5] == 1 && u16::from_be_bytes([p.payload[6], p.payload[7]]) == SR_AT
+            })
+            .map(|p| p.header.timestamp)
+            .expect("frame SR_AT received");
+        let mut sr_seen = false;
+        while let Some(pkts) = subs[i].peer.recv_rtcp(Duration::from_millis(20)).await {
+            for p in pkts {
+                if let Some(sr) = p
+                    .as_any()
+                    .downcast_ref::<rtcp::sender_report::SenderReport>()
+                {
+                    assert_eq!(sr.ssrc, 5000 + i as u32, "sub {i}: SR SSRC is the leg's");
+                    assert_eq!(sr.ntp_time, SR_NTP);
+                    assert_eq!(
+                        sr.rtp_time, frame_ts,
+                        "sub {i}: SR RTP time in the leg's timestamp base"
+                    );
+                    sr_seen = true;
+                }
+            }
+        }
+        assert!(sr_seen, "sub {i}: no sender report forwarded");
         let st = subs[i].peer.stats();
         assert_eq!(st.srtp_decrypt_failures, 0, "sub {i}: decrypt failures");
     }

@@ -296,6 +296,12 @@ impl LegRewriter {
             .or_else(|| self.prev.and_then(|s| s.map(out_seq)))
     }
 
+    /// Current timestamp offset (`out_ts = src_ts + ts_offset` for the forwarded layer), e.g.
+    /// to translate a publisher's sender report for this leg.
+    pub fn ts_offset(&self) -> u32 {
+        self.ts_offset
+    }
+
     /// Like [`Self::map_out_to_src`], plus what a retransmission needs to be rewritten exactly
     /// like the original: the segment's timestamp offset (`out_ts = src_ts + ts_offset`) and
     /// whether the packet belongs to the previous segment (for the VP8 id offsets).
