@@ -175,4 +175,3 @@ pub async fn connect(
     ctl.install_keys(shard, transport, &outcome)?;
     Ok(peer)
 }
-

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ils_shm::{Command, Event};
 use ils_tests::control::{EngineProc, TestControl};
-use ils_tests::scenario::{audio_spec, connect, leg, rtp_packet, AUDIO_TRACK, PUBLISHER};
 use ils_tests::generate_cert;
+use ils_tests::scenario::{audio_spec, connect, leg, rtp_packet, AUDIO_TRACK, PUBLISHER};
 
 const SUBSCRIBERS: u32 = 4;
 
@@ -20,18 +20,26 @@ async fn media_survives_control_restart_and_state_is_read_back() {
     let eng = EngineProc::start(2, "auto", &[]).expect("engine starts");
     let ctl = TestControl::attach(&eng.socket).expect("first control attaches");
     let cert = generate_cert();
-    let publisher = connect(&ctl, &eng.ports, 0, PUBLISHER, &cert).await.expect("publisher");
+    let publisher = connect(&ctl, &eng.ports, 0, PUBLISHER, &cert)
+        .await
+        .expect("publisher");
     let mut subs = Vec::new();
     for i in 0..SUBSCRIBERS {
         let shard = (i % 2) as usize;
-        let peer = connect(&ctl, &eng.ports, shard, 100 + i, &cert).await.expect("subscriber");
+        let peer = connect(&ctl, &eng.ports, shard, 100 + i, &cert)
+            .await
+            .expect("subscriber");
         subs.push((peer, shard));
     }
-    ctl.broadcast(&Command::AddTrack(audio_spec())).expect("add track");
+    ctl.broadcast(&Command::AddTrack(audio_spec()))
+        .expect("add track");
     for (i, (_, shard)) in subs.iter().enumerate() {
         let i = i as u32;
-        ctl.send(*shard, &Command::AddLeg(leg(2000 + i, AUDIO_TRACK, 100 + i, 6000 + i, 111, 0, None)))
-            .expect("add leg");
+        ctl.send(
+            *shard,
+            &Command::AddLeg(leg(2000 + i, AUDIO_TRACK, 100 + i, 6000 + i, 111, 0, None)),
+        )
+        .expect("add leg");
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -42,7 +50,15 @@ async fn media_survives_control_restart_and_state_is_read_back() {
         tokio::spawn(async move {
             let mut n: u16 = 0;
             while !stop.load(Ordering::Relaxed) {
-                let p = rtp_packet(0x4444, 111, n, u32::from(n) * 480, "1", None, Bytes::from_static(&[0xF8, 1, 2, 3]));
+                let p = rtp_packet(
+                    0x4444,
+                    111,
+                    n,
+                    u32::from(n) * 480,
+                    "1",
+                    None,
+                    Bytes::from_static(&[0xF8, 1, 2, 3]),
+                );
                 publisher.send_rtp(&p).await.expect("send");
                 n = n.wrapping_add(1);
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -77,8 +93,11 @@ async fn media_survives_control_restart_and_state_is_read_back() {
         ctl2.send(s, &Command::DumpState).expect("dump");
     }
     for s in 0..ctl2.shards() as u16 {
-        ctl2.wait_event(Duration::from_secs(3), |e| matches!(e, Event::DumpDone { shard } if *shard == s))
-            .expect("every shard answers DumpState");
+        ctl2.wait_event(
+            Duration::from_secs(3),
+            |e| matches!(e, Event::DumpDone { shard } if *shard == s),
+        )
+        .expect("every shard answers DumpState");
     }
     let events = ctl2.events();
     let mut transports = 0;
@@ -86,7 +105,11 @@ async fn media_survives_control_restart_and_state_is_read_back() {
     let mut tracks = 0;
     for e in &events {
         match e.event() {
-            Some(Event::StateTransport { srtp_profile, selected, .. }) => {
+            Some(Event::StateTransport {
+                srtp_profile,
+                selected,
+                ..
+            }) => {
                 transports += 1;
                 assert_ne!(srtp_profile, 0, "keys are installed");
                 assert!(selected.is_some(), "a tuple is selected");
@@ -101,10 +124,15 @@ async fn media_survives_control_restart_and_state_is_read_back() {
     }
     assert_eq!(transports, 1 + SUBSCRIBERS, "every transport read back");
     assert_eq!(legs, SUBSCRIBERS, "every leg read back");
-    assert_eq!(tracks, ctl2.shards(), "the track is mirrored on every shard");
+    assert_eq!(
+        tracks,
+        ctl2.shards(),
+        "the track is mirrored on every shard"
+    );
 
     // the new control drives the engine: remove one leg, its subscriber stops receiving
-    ctl2.send(0, &Command::RemoveLeg { leg: 2000 }).expect("remove leg");
+    ctl2.send(0, &Command::RemoveLeg { leg: 2000 })
+        .expect("remove leg");
     let removed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -114,17 +142,40 @@ async fn media_survives_control_restart_and_state_is_read_back() {
         let arrivals = r.await.expect("receiver");
         // no gap while control was away: consecutive seqs, no silence > 200 ms
         for w in arrivals.windows(2) {
-            assert_eq!(w[1].0, w[0].0.wrapping_add(1), "sub {i}: seq gap {} -> {}", w[0].0, w[1].0);
+            assert_eq!(
+                w[1].0,
+                w[0].0.wrapping_add(1),
+                "sub {i}: seq gap {} -> {}",
+                w[0].0,
+                w[1].0
+            );
             let gap = w[1].1 - w[0].1;
-            assert!(gap < Duration::from_millis(200), "sub {i}: media stalled {gap:?} at seq {}", w[1].0);
+            assert!(
+                gap < Duration::from_millis(200),
+                "sub {i}: media stalled {gap:?} at seq {}",
+                w[1].0
+            );
         }
-        let during: usize = arrivals.iter().filter(|(_, t)| *t > gone_at && *t < back_at).count();
-        assert!(during >= 100, "sub {i}: only {during} packets while control was gone");
+        let during: usize = arrivals
+            .iter()
+            .filter(|(_, t)| *t > gone_at && *t < back_at)
+            .count();
+        assert!(
+            during >= 100,
+            "sub {i}: only {during} packets while control was gone"
+        );
         if i == 0 {
-            let late = arrivals.iter().filter(|(_, t)| *t > removed_at + Duration::from_millis(50)).count();
+            let late = arrivals
+                .iter()
+                .filter(|(_, t)| *t > removed_at + Duration::from_millis(50))
+                .count();
             assert_eq!(late, 0, "removed leg still receives");
         } else {
-            assert!(arrivals.len() + 10 >= usize::from(sent), "sub {i}: {} of {sent}", arrivals.len());
+            assert!(
+                arrivals.len() + 10 >= usize::from(sent),
+                "sub {i}: {} of {sent}",
+                arrivals.len()
+            );
         }
     }
 }
