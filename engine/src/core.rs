@@ -357,7 +357,7 @@ impl Core {
                     let id = t.id;
                     // Re-sync the tuple map with the ICE agent's validated set (it may evict).
                     for old in t.tuples.drain(..) {
-                        self.by_tuple.remove(&old);
+                        unmap_tuple(&mut self.by_tuple, &old, ti);
                     }
                     for a in t.ice.validated_tuples() {
                         t.tuples.push(a);
@@ -1368,7 +1368,7 @@ impl Core {
         self.by_id.remove(&t.id);
         self.by_ufrag.remove(&t.ufrag);
         for a in &t.tuples {
-            self.by_tuple.remove(a);
+            unmap_tuple(&mut self.by_tuple, a, ti);
         }
         for &li in &t.legs {
             self.remove_leg(li);
@@ -1439,7 +1439,7 @@ impl Core {
         for &ti in &lost {
             if let Some(t) = self.transports.get_mut(ti).and_then(|t| t.as_mut()) {
                 for a in t.tuples.drain(..) {
-                    self.by_tuple.remove(&a);
+                    unmap_tuple(&mut self.by_tuple, &a, ti);
                 }
                 t.dest = None;
                 self.counters.inc(Counter::ConsentLost);
@@ -1583,6 +1583,15 @@ impl Core {
                 },
             );
         }
+    }
+}
+
+/// Remove `addr` from the tuple map only if it still maps to transport slot `ti`: the same
+/// remote tuple may since have been validated by another transport (a client reconnecting as a
+/// new transport from the same socket), whose mapping must survive this one's cleanup.
+fn unmap_tuple(by_tuple: &mut FxMap<SocketAddr, usize>, addr: &SocketAddr, ti: usize) {
+    if by_tuple.get(addr) == Some(&ti) {
+        by_tuple.remove(addr);
     }
 }
 

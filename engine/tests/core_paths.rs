@@ -828,3 +828,52 @@ fn dump_state_reports_everything_then_done() {
     );
     assert_eq!(ev.len(), 3 + 1 + 2 + 1);
 }
+
+/// Regression: a client that reconnects as a new transport from the same 5-tuple (same socket)
+/// must keep its media when control then removes the old transport. The old transport's
+/// removal used to delete the shared tuple from the shard's tuple map, black-holing the new
+/// transport's DTLS/SRTP (its later checks do not re-learn a tuple it already has).
+#[test]
+fn removing_an_old_transport_does_not_unmap_a_tuple_now_owned_by_another() {
+    let mut h = Harness::connected(1, 0, false);
+    // transport 300 = sub 0's reconnection from the same address, with new credentials/keys
+    let mut again = Peer::new(300, sub_addr(0), 42);
+    h.cmd_ok(&Command::AddTransport {
+        transport: 300,
+        ufrag: again.ufrag.as_bytes(),
+        pwd: again.pwd.as_bytes(),
+        consent_timeout_ms: 0,
+    });
+    let req = again.binding_request(true);
+    h.datagram(sub_addr(0), &req);
+    let (a, b, c, d) = (again.up_key, again.up_salt, again.down_key, again.down_salt);
+    h.cmd_ok(&Command::InstallSrtp {
+        transport: 300,
+        profile: PROFILE,
+        rx_key: &a,
+        rx_salt: &b,
+        tx_key: &c,
+        tx_salt: &d,
+    });
+    h.cmd_ok(&Command::RemoveTransport {
+        transport: sub_transport(0),
+    });
+    h.take_events();
+    h.tx.clear();
+    // DTLS from the shared tuple reaches control for the new transport
+    let record = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 9];
+    h.datagram(sub_addr(0), &record);
+    assert_eq!(h.take_events(), vec![Ev::DtlsIn(300, record.to_vec())]);
+    // and its SRTCP is accepted (a PLI on no leg: counted as received)
+    let mut pli = [0u8; 12];
+    rtcpw::write_pli(&mut pli, 1, 2).unwrap();
+    let s = again.protect_rtcp(&pli);
+    h.datagram(sub_addr(0), &s);
+    assert_eq!(h.counter(Counter::DropUnknownTuple), 0);
+    assert_eq!(h.counter(Counter::PliReceived), 1);
+    // the same holds after the new transport's consent checks continue
+    let req = again.binding_request(false);
+    h.datagram(sub_addr(0), &req);
+    h.datagram(sub_addr(0), &record);
+    assert_eq!(h.take_events(), vec![Ev::DtlsIn(300, record.to_vec())]);
+}
