@@ -509,6 +509,26 @@ mod tests {
         }
     }
 
+    /// Ids of the one-byte header extensions of a plain RTP packet (no CSRCs).
+    fn ext_ids(p: &[u8]) -> Vec<u8> {
+        assert_eq!(p[0] & 0x1F, 0x10, "X set, no CSRC");
+        assert_eq!(&p[12..14], &[0xBE, 0xDE]);
+        let words = usize::from(u16::from_be_bytes([p[14], p[15]]));
+        let ext = &p[16..16 + 4 * words];
+        let mut ids = Vec::new();
+        let mut i = 0;
+        while i < ext.len() {
+            let b = ext[i];
+            if b == 0 {
+                i += 1;
+                continue;
+            }
+            ids.push(b >> 4);
+            i += 1 + usize::from(b & 0x0F) + 1;
+        }
+        ids
+    }
+
     /// Every leg gets every packet, decryptable by an independent SRTP (webrtc-srtp) with that
     /// subscriber's keys, with the leg's SSRC, continuous sequence numbers and the payload intact.
     fn forwards_decryptably(profile: Profile, media: Media, legs: usize, packets: usize) {
@@ -538,6 +558,12 @@ mod tests {
                 let plain = peers[i].decrypt_rtp(bytes).expect("subscriber decrypts");
                 let ssrc = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
                 assert_eq!(ssrc, 0x7000_0000 + i as u32);
+                // mid kept, abs-send-time stripped, transport-wide seq appended (RFC 8285 one-byte)
+                assert_eq!(
+                    ext_ids(&plain),
+                    vec![MID_EXT, TWCC_EXT],
+                    "leg {i} extensions"
+                );
                 let seq = u16::from_be_bytes([plain[2], plain[3]]);
                 if let Some(prev) = last_seq[i] {
                     assert_eq!(seq, prev.wrapping_add(1), "leg {i} seq continuity");
