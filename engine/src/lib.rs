@@ -7,6 +7,7 @@
 //!
 //! See `docs/engine.md` for the design and `docs/shm-contract.md` for the control contract.
 
+pub mod cli;
 pub mod core;
 pub mod counters;
 pub mod engine;
