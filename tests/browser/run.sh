@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Real-browser WHIP/WHEP test: runs whip_whep.mjs inside a fresh network namespace that has only
+# loopback (so Chromium's ICE sees 127.0.0.1 and nothing else) and a fresh PID namespace (so every
+# process started inside, ils-control, the ils-engine it spawns, Chromium, dies with it).
+#
+# Usage: bash tests/browser/run.sh          the real test against target/{release,debug}/ils-control
+#        bash tests/browser/run.sh --mock   self-test of page + harness, no ils (mock WHIP/WHEP server)
+# Env:   ILS_CONTROL_BIN overrides the binary; see whip_whep.mjs for the other knobs.
+# Needs: root (or unprivileged user namespaces), /usr/bin/chromium, node >= 20 (tools/test.sh installs them).
+# Exit:  0 when every check passed; the last line is "browser: N passed, M failed".
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$HERE"
+
+fail() { echo "run.sh: $*" >&2; echo "browser: 0 passed, 1 failed"; exit 1; }
+
+MODE=control
+[[ "${1:-}" == "--mock" ]] && MODE=mock
+
+command -v node >/dev/null || fail "node not found (tools/test.sh installs it)"
+[[ -x "${CHROMIUM:-/usr/bin/chromium}" ]] || fail "${CHROMIUM:-/usr/bin/chromium} not found (tools/test.sh installs it)"
+if [[ ! -d node_modules/playwright-core ]]; then
+  echo "run.sh: installing playwright-core (npm ci)"
+  npm ci --no-audit --no-fund >/dev/null || fail "npm ci failed in $HERE"
+fi
+
+if [[ "$MODE" == control && -z "${ILS_CONTROL_BIN:-}" ]]; then
+  # Newer of target/{release,debug}/ils-control (same rule as ils_tests::proc::workspace_bin).
+  TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+  best=""
+  for p in "$TARGET/release/ils-control" "$TARGET/debug/ils-control"; do
+    [[ -x "$p" ]] || continue
+    if [[ -z "$best" || "$p" -nt "$best" ]]; then best="$p"; fi
+  done
+  [[ -n "$best" ]] || fail "no ils-control binary in $TARGET/{release,debug}: cargo build --release -p ils-control"
+  ILS_CONTROL_BIN="$best"
+fi
+export ILS_CONTROL_BIN="${ILS_CONTROL_BIN:-}"
+
+ART="${ILS_ARTIFACTS:-$HERE/artifacts}"
+rm -rf "$ART" && mkdir -p "$ART"
+export ILS_ARTIFACTS="$ART"
+DATA="$(mktemp -d /tmp/ils-browser-data.XXXXXX)"
+trap 'rm -rf "$DATA"' EXIT
+export ILS_DATA_DIR="$DATA"
+export ILS_HTTP="${ILS_HTTP:-127.0.0.1:18080}"
+NODE_ARGS=(whip_whep.mjs)
+[[ "$MODE" == mock ]] && NODE_ARGS+=(--mock)
+
+# Namespaces: network (loopback only) + PID (pid 1 is bash below; when it exits the kernel kills
+# everything left inside, e.g. the ils-engine that a SIGKILLed control leaves running on purpose).
+UNSHARE=(unshare --net --pid --fork --kill-child --mount-proc)
+if [[ "$(id -u)" != 0 ]]; then UNSHARE=(unshare --user --map-root-user --net --pid --fork --kill-child --mount-proc); fi
+"${UNSHARE[@]}" true 2>/dev/null || fail "cannot create namespaces with: ${UNSHARE[*]} (run as root)"
+
+echo "run.sh: mode $MODE, ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP, artifacts $ART"
+set +e
+export ILS_TEST_TIMEOUT_S="${ILS_TEST_TIMEOUT_S:-240}"
+timeout --kill-after=10 "$((ILS_TEST_TIMEOUT_S + 60))" "${UNSHARE[@]}" bash -c '
+  set -e
+  ip link set lo up
+  node "$@"
+' bash "${NODE_ARGS[@]}" 2>&1 | tee "$ART/run.log"
+rc=${PIPESTATUS[0]}
+set -e
+if ! tail -n 1 "$ART/run.log" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ failed$'; then
+  echo "run.sh: the test died without a summary (exit $rc)"
+  echo "browser: 0 passed, 1 failed"
+  exit 1
+fi
+exit "$rc"
