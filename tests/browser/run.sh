@@ -39,7 +39,8 @@ fi
 export ILS_CONTROL_BIN="${ILS_CONTROL_BIN:-}"
 
 ART="${ILS_ARTIFACTS:-$HERE/artifacts}"
-rm -rf "$ART" && mkdir -p "$ART"
+mkdir -p "$ART"
+rm -f "$ART"/*.png "$ART"/*.sdp "$ART"/*.json "$ART"/*.log "$ART"/summary.txt
 export ILS_ARTIFACTS="$ART"
 DATA="$(mktemp -d /tmp/ils-browser-data.XXXXXX)"
 trap 'rm -rf "$DATA"' EXIT

@@ -130,7 +130,10 @@ class ControlBackend {
     child.on("exit", (code, sig) => { exited = { code, sig }; });
     const until = Date.now() + CONTROL_READY_TIMEOUT_MS;
     while (Date.now() < until) {
-      if (exited) throw new Error(`ils-control exited during start-up (code ${exited.code}, signal ${exited.sig}); see ${logPath}`);
+      if (exited) {
+        const tail = readFileSync(logPath, "utf8").trim().split("\n").slice(-5).join(" / ");
+        throw new Error(`ils-control exited during start-up (code ${exited.code}, signal ${exited.sig}): ${tail}; see ${logPath}`);
+      }
       try {
         const res = await fetch(`${BASE}/`, { signal: AbortSignal.timeout(1000) });
         if (res.ok) {
