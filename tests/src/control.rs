@@ -1,6 +1,7 @@
 //! A minimal control plane for tests: starts the real `ils-engine` process, attaches to its
-//! shared-memory region over the control socket, sends commands, dispatches events, and runs a
-//! webrtc-dtls server per transport over the `DtlsIn` / `SendDatagram` relay.
+//! shared-memory region over the control socket, sends commands, dispatches events, and runs
+//! control's DTLS server ([`ils_control::dtls::WebrtcDtls`] through the `DtlsDriver` trait, the
+//! same path ils-control uses) per transport over the `DtlsIn` / `SendDatagram` relay.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -16,7 +17,9 @@ use anyhow::{anyhow, bail, Context as _};
 use ils_shm::{Command, Event, EventFd, Producer, Region, SLOT_SIZE};
 use tokio::sync::mpsc;
 
-use crate::dtls::{dtls_server, ChannelConn, DtlsOutcome};
+use ils_control::dtls::{DtlsDriver as _, WebrtcDtls};
+
+use crate::dtls::{DtlsOutcome, CHANNEL_CAPACITY};
 use crate::proc::{workspace_bin, ChildGuard};
 
 /// How long `EngineProc::start` waits for the engine's ready line.
@@ -319,16 +322,16 @@ impl TestControl {
                 consent_timeout_ms: 0,
             },
         )?;
-        let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
-        let (conn, mut ends) = ChannelConn::pair(local, local);
+        let (inbound_tx, inbound_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (outbound_tx, mut outbound_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
         self.shared
             .dtls
             .lock()
             .map_err(|_| anyhow!("poisoned"))?
-            .insert(transport, ends.inbound_tx.clone());
+            .insert(transport, inbound_tx);
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            while let Some(d) = ends.outbound_rx.recv().await {
+            while let Some(d) = outbound_rx.recv().await {
                 let _ = me.send(
                     shard,
                     &Command::SendDatagram {
@@ -338,9 +341,12 @@ impl TestControl {
                 );
             }
         });
-        let cert = cert.clone();
+        let driver = WebrtcDtls::from_certificate(cert.clone());
         Ok(tokio::spawn(async move {
-            dtls_server(Arc::new(conn), &cert, Some(peer_fingerprint)).await
+            let keys = driver
+                .accept(inbound_rx, outbound_tx, peer_fingerprint.clone())
+                .await?;
+            Ok(DtlsOutcome::from_keys(keys, peer_fingerprint))
         }))
     }
 

@@ -1,17 +1,16 @@
-//! DTLS-SRTP over in-process channels, built only from webrtc-rs crates (not our own code).
+//! DTLS-SRTP over in-process channels.
 //!
 //! * [`ChannelConn`]: a [`webrtc_util::conn::Conn`] whose inbound datagrams come from a tokio
-//!   mpsc channel and whose outbound datagrams go into another one. The test "control" plane
-//!   feeds it the DTLS datagrams the engine hands over shared memory and ships what it emits back.
-//! * [`dtls_server`]: a webrtc-dtls 1.2 server (extended master secret required, SRTP profiles
-//!   AEAD_AES_128_GCM then AES128_CM_HMAC_SHA1_80 in *server* preference order) that returns the
-//!   RFC 5764 SRTP keys, checking the client certificate's SHA-256 fingerprint.
+//!   mpsc channel and whose outbound datagrams go into another one. The test peers use it for
+//!   their DTLS *client*; it is deliberately this crate's own copy (the peer must not share code
+//!   with ils).
+//! * [`dtls_client_conn`]: the peer's webrtc-dtls 1.2 client, built only from webrtc-rs crates.
+//! * [`dtls_server`] / [`dtls_server_conn`]: the **server is control's**
+//!   ([`ils_control::dtls::server_handshake`], the code ils-control runs for browsers: our SRTP
+//!   profile preference, fingerprint check, RFC 5764 export), so every test that connects a peer
+//!   also tests control's DTLS server against an independent client.
 //! * [`generate_cert`] / [`fingerprint`]: self-signed ECDSA P-256 certificates and their
-//!   "AB:CD:..." SDP fingerprint.
-//!
-//! webrtc-dtls itself picks the SRTP profile in the *client's* order. To honour our preference
-//! we look at the ClientHello first (see [`client_hello_srtp_profiles`]), then configure the
-//! server with only the best profile the client offers.
+//!   "AB:CD:..." SDP fingerprint (computed here with `sha2`, independently of control's `ring`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Mutex};
-use webrtc_dtls::config::{ClientAuthType, Config, ExtendedMasterSecretType};
+use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -34,19 +33,10 @@ use webrtc_util::KeyingMaterialExporter;
 /// (≈ 256 × 1500 B ≈ 384 KiB per direction in practice, 256 × 64 KiB worst case).
 pub const CHANNEL_CAPACITY: usize = 256;
 
-/// How long [`dtls_server`] waits for the whole handshake (including the first ClientHello).
-/// Default 10 s; bounds a test that would otherwise hang on a silent or stuck client.
+/// How long [`dtls_client_conn`] waits for the whole handshake. Default 10 s; bounds a test
+/// that would otherwise hang on a silent or stuck server. (The server side uses control's
+/// `ils_control::dtls::DTLS_HANDSHAKE_TIMEOUT`.)
 pub const DTLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most datagrams [`dtls_server`] buffers while it reassembles a fragmented first ClientHello
-/// before it gives up choosing the profile itself. Default 8; bounds the peeked memory to
-/// 8 datagrams.
-pub const MAX_PEEK_DATAGRAMS: usize = 8;
-
-/// Largest ClientHello body (bytes) that is reassembled for the SRTP preference peek.
-/// Default 16 KiB (Chromium's post-quantum DTLS 1.3 ClientHello is ≈ 1.4 KB); a larger
-/// declared length is refused by the peek (the handshake itself still proceeds).
-pub const MAX_CLIENT_HELLO_LEN: usize = 16 * 1024;
 
 /// RFC 5764 §4.2 exporter label for DTLS-SRTP keying material.
 pub const SRTP_EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
@@ -56,9 +46,8 @@ pub const PROFILE_AES128_CM_HMAC_SHA1_80: u16 = 0x0001;
 /// `use_srtp` id of SRTP_AEAD_AES_128_GCM (RFC 7714).
 pub const PROFILE_AEAD_AES_128_GCM: u16 = 0x0007;
 
-/// SRTP profiles the server accepts, most preferred first.
-pub const SERVER_PROFILE_PREFERENCE: [u16; 2] =
-    [PROFILE_AEAD_AES_128_GCM, PROFILE_AES128_CM_HMAC_SHA1_80];
+/// SRTP profiles the server accepts, most preferred first (control's list).
+pub const SERVER_PROFILE_PREFERENCE: [u16; 2] = ils_control::dtls::SERVER_PROFILE_PREFERENCE;
 
 /// A datagram [`Conn`] over two tokio mpsc channels.
 ///
@@ -197,53 +186,6 @@ impl Conn for ChannelConn {
     }
 }
 
-/// A conn that replays some already-read datagrams before reading `inner` again.
-struct ReplayConn {
-    pending: Mutex<std::collections::VecDeque<Vec<u8>>>,
-    inner: Arc<dyn Conn + Send + Sync>,
-}
-
-#[async_trait]
-impl Conn for ReplayConn {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        self.inner.connect(addr).await
-    }
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        if let Some(d) = self.pending.lock().await.pop_front() {
-            let n = d.len().min(buf.len());
-            buf[..n].copy_from_slice(&d[..n]);
-            return Ok(n);
-        }
-        self.inner.recv(buf).await
-    }
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let n = self.recv(buf).await?;
-        let from = self
-            .inner
-            .remote_addr()
-            .unwrap_or_else(|| placeholder_addr(0));
-        Ok((n, from))
-    }
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.inner.send(buf).await
-    }
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.inner.send_to(buf, target).await
-    }
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.remote_addr()
-    }
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.inner.close().await
-    }
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
-
 /// Result of a completed DTLS-SRTP handshake: the negotiated profile and the RFC 5764 §4.2
 /// split of the exported keying material.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +205,19 @@ pub struct DtlsOutcome {
 }
 
 impl DtlsOutcome {
+    /// An outcome from control's [`ils_control::dtls::SrtpKeys`] and the (verified) remote
+    /// fingerprint.
+    pub fn from_keys(k: ils_control::dtls::SrtpKeys, remote_fingerprint: String) -> Self {
+        Self {
+            profile_id: k.profile,
+            client_key: k.client_key,
+            client_salt: k.client_salt,
+            server_key: k.server_key,
+            server_salt: k.server_salt,
+            remote_fingerprint,
+        }
+    }
+
     /// The webrtc-srtp profile matching `profile_id`.
     pub fn srtp_profile(&self) -> anyhow::Result<ProtectionProfile> {
         srtp_profile_from_id(self.profile_id)
@@ -458,233 +413,7 @@ pub async fn export_srtp_keys(
     })
 }
 
-/// Why the ClientHello `use_srtp` peek could not read a profile list.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientHelloError {
-    /// Fewer bytes than a header or length field needs.
-    #[error("truncated at {0}")]
-    Truncated(&'static str),
-    /// Not a handshake record / not a ClientHello message.
-    #[error("not a ClientHello")]
-    NotClientHello,
-    /// The ClientHello declares a body larger than [`MAX_CLIENT_HELLO_LEN`].
-    #[error("ClientHello too long: {0}")]
-    TooLong(usize),
-    /// A fragment lies outside the declared message length, or fragments disagree.
-    #[error("inconsistent fragment")]
-    BadFragment,
-    /// The message is fragmented and not all fragments were seen yet.
-    #[error("ClientHello incomplete")]
-    Incomplete,
-    /// A `use_srtp` profile list of odd length.
-    #[error("malformed use_srtp extension")]
-    BadUseSrtp,
-}
-
-/// Reassembles the first ClientHello (message_seq of the first fragment seen) from DTLS
-/// records spread over datagrams.
-#[derive(Default)]
-pub struct ClientHelloAssembler {
-    msg_seq: Option<u16>,
-    body: Vec<u8>,
-    filled: Vec<bool>,
-    filled_count: usize,
-}
-
-const DTLS_RECORD_HEADER: usize = 13;
-const DTLS_HANDSHAKE_HEADER: usize = 12;
-const CONTENT_HANDSHAKE: u8 = 22;
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
-const EXT_USE_SRTP: u16 = 14;
-
-fn be16(b: &[u8], at: usize, what: &'static str) -> Result<u16, ClientHelloError> {
-    match b.get(at..at + 2) {
-        Some(s) => Ok(u16::from_be_bytes([s[0], s[1]])),
-        None => Err(ClientHelloError::Truncated(what)),
-    }
-}
-
-fn be24(b: &[u8], at: usize, what: &'static str) -> Result<usize, ClientHelloError> {
-    match b.get(at..at + 3) {
-        Some(s) => Ok(((s[0] as usize) << 16) | ((s[1] as usize) << 8) | s[2] as usize),
-        None => Err(ClientHelloError::Truncated(what)),
-    }
-}
-
-impl ClientHelloAssembler {
-    /// Feed one datagram. Returns `Ok(Some(body))` once the ClientHello body is complete.
-    pub fn push(&mut self, datagram: &[u8]) -> Result<Option<&[u8]>, ClientHelloError> {
-        let mut rest = datagram;
-        while !rest.is_empty() {
-            if rest.len() < DTLS_RECORD_HEADER {
-                return Err(ClientHelloError::Truncated("record header"));
-            }
-            let content = rest[0];
-            let epoch = be16(rest, 3, "epoch")?;
-            let rec_len = be16(rest, 11, "record length")? as usize;
-            let rec = rest
-                .get(DTLS_RECORD_HEADER..DTLS_RECORD_HEADER + rec_len)
-                .ok_or(ClientHelloError::Truncated("record body"))?;
-            rest = &rest[DTLS_RECORD_HEADER + rec_len..];
-            if content != CONTENT_HANDSHAKE || epoch != 0 {
-                continue;
-            }
-            self.push_handshake(rec)?;
-        }
-        if self.msg_seq.is_some() && self.filled_count == self.body.len() {
-            Ok(Some(&self.body))
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn push_handshake(&mut self, mut rec: &[u8]) -> Result<(), ClientHelloError> {
-        while !rec.is_empty() {
-            if rec.len() < DTLS_HANDSHAKE_HEADER {
-                return Err(ClientHelloError::Truncated("handshake header"));
-            }
-            let msg_type = rec[0];
-            let total = be24(rec, 1, "handshake length")?;
-            let seq = be16(rec, 4, "message_seq")?;
-            let off = be24(rec, 6, "fragment offset")?;
-            let flen = be24(rec, 9, "fragment length")?;
-            let frag = rec
-                .get(DTLS_HANDSHAKE_HEADER..DTLS_HANDSHAKE_HEADER + flen)
-                .ok_or(ClientHelloError::Truncated("fragment"))?;
-            rec = &rec[DTLS_HANDSHAKE_HEADER + flen..];
-            if msg_type != HANDSHAKE_CLIENT_HELLO {
-                return Err(ClientHelloError::NotClientHello);
-            }
-            if total > MAX_CLIENT_HELLO_LEN {
-                return Err(ClientHelloError::TooLong(total));
-            }
-            match self.msg_seq {
-                None => {
-                    self.msg_seq = Some(seq);
-                    self.body = vec![0; total];
-                    self.filled = vec![false; total];
-                    self.filled_count = 0;
-                }
-                Some(s) if s != seq => continue,
-                Some(_) if self.body.len() != total => return Err(ClientHelloError::BadFragment),
-                Some(_) => {}
-            }
-            let end = off.checked_add(flen).ok_or(ClientHelloError::BadFragment)?;
-            if end > total {
-                return Err(ClientHelloError::BadFragment);
-            }
-            for i in off..end {
-                if !self.filled[i] {
-                    self.filled[i] = true;
-                    self.filled_count += 1;
-                }
-            }
-            self.body[off..end].copy_from_slice(frag);
-        }
-        Ok(())
-    }
-}
-
-/// Parse a complete ClientHello *body* (after the handshake header) and return the
-/// `use_srtp` profile ids it offers, in the client's order (empty if it has no use_srtp).
-pub fn client_hello_body_srtp_profiles(body: &[u8]) -> Result<Vec<u16>, ClientHelloError> {
-    // client_version(2) random(32)
-    let mut at = 34usize;
-    let sid_len = *body
-        .get(at)
-        .ok_or(ClientHelloError::Truncated("session id"))? as usize;
-    at += 1 + sid_len;
-    let cookie_len = *body.get(at).ok_or(ClientHelloError::Truncated("cookie"))? as usize;
-    at += 1 + cookie_len;
-    let cs_len = be16(body, at, "cipher suites")? as usize;
-    at += 2 + cs_len;
-    let comp_len = *body
-        .get(at)
-        .ok_or(ClientHelloError::Truncated("compression"))? as usize;
-    at += 1 + comp_len;
-    if at > body.len() {
-        return Err(ClientHelloError::Truncated("compression methods"));
-    }
-    if at == body.len() {
-        return Ok(Vec::new()); // no extensions
-    }
-    let ext_len = be16(body, at, "extensions length")? as usize;
-    at += 2;
-    let exts = body
-        .get(at..at + ext_len)
-        .ok_or(ClientHelloError::Truncated("extensions"))?;
-    let mut p = 0usize;
-    while p < exts.len() {
-        let typ = be16(exts, p, "extension type")?;
-        let len = be16(exts, p + 2, "extension length")? as usize;
-        let data = exts
-            .get(p + 4..p + 4 + len)
-            .ok_or(ClientHelloError::Truncated("extension data"))?;
-        p += 4 + len;
-        if typ == EXT_USE_SRTP {
-            let plen = be16(data, 0, "use_srtp profiles length")? as usize;
-            if plen % 2 != 0 {
-                return Err(ClientHelloError::BadUseSrtp);
-            }
-            let profiles = data
-                .get(2..2 + plen)
-                .ok_or(ClientHelloError::Truncated("use_srtp profiles"))?;
-            return Ok(profiles
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect());
-        }
-    }
-    Ok(Vec::new())
-}
-
-/// Parse one datagram holding a whole (unfragmented) ClientHello and return its `use_srtp`
-/// profile ids in the client's order.
-pub fn client_hello_srtp_profiles(datagram: &[u8]) -> Result<Vec<u16>, ClientHelloError> {
-    let mut asm = ClientHelloAssembler::default();
-    match asm.push(datagram)? {
-        Some(body) => client_hello_body_srtp_profiles(body),
-        None => Err(ClientHelloError::Incomplete),
-    }
-}
-
-/// The profile the server should pick: the first of [`SERVER_PROFILE_PREFERENCE`] the
-/// client offers.
-pub fn choose_profile(offered: &[u16]) -> Option<u16> {
-    SERVER_PROFILE_PREFERENCE
-        .iter()
-        .copied()
-        .find(|p| offered.contains(p))
-}
-
-/// Read datagrams until the first ClientHello is complete (or the peek gives up) and
-/// return them for replay together with the profile we prefer among those offered.
-async fn peek_client_hello(
-    conn: &Arc<dyn Conn + Send + Sync>,
-) -> anyhow::Result<(Vec<Vec<u8>>, Option<u16>)> {
-    let mut seen = Vec::new();
-    let mut asm = ClientHelloAssembler::default();
-    let mut buf = vec![0u8; 65536];
-    while seen.len() < MAX_PEEK_DATAGRAMS {
-        let n = conn.recv(&mut buf).await?;
-        let d = buf[..n].to_vec();
-        let r = asm.push(&d);
-        seen.push(d);
-        match r {
-            Ok(Some(body)) => {
-                let choice = client_hello_body_srtp_profiles(body)
-                    .ok()
-                    .and_then(|o| choose_profile(&o));
-                return Ok((seen, choice));
-            }
-            Ok(None) => continue,
-            Err(_) => return Ok((seen, None)),
-        }
-    }
-    Ok((seen, None))
-}
-
-/// The DTLS config shared by our server and the test clients.
+/// The DTLS config of the test clients (profiles overridden per client).
 pub fn base_config(cert: &Certificate, expected_remote_fingerprint: Option<String>) -> Config {
     Config {
         certificates: vec![cert.clone()],
@@ -700,12 +429,13 @@ pub fn base_config(cert: &Certificate, expected_remote_fingerprint: Option<Strin
     }
 }
 
-/// Run a webrtc-dtls *server* over `conn` and return the SRTP keys.
+/// Run control's DTLS server ([`ils_control::dtls::server_handshake`]) over `conn` and return
+/// the SRTP keys.
 ///
 /// DTLS 1.2, extended master secret required, a client certificate required; SRTP profile
-/// chosen in our preference order ([`SERVER_PROFILE_PREFERENCE`]). Fails (no keys) if the
-/// client certificate's SHA-256 fingerprint differs from `expected_remote_fingerprint`, or
-/// after [`DTLS_HANDSHAKE_TIMEOUT`].
+/// chosen in control's preference order ([`SERVER_PROFILE_PREFERENCE`]). Fails (no keys) if
+/// the client certificate's SHA-256 fingerprint differs from `expected_remote_fingerprint`, or
+/// after control's handshake timeout.
 pub async fn dtls_server(
     conn: Arc<dyn Conn + Send + Sync>,
     cert: &Certificate,
@@ -723,25 +453,11 @@ pub async fn dtls_server_conn(
     cert: &Certificate,
     expected_remote_fingerprint: Option<String>,
 ) -> anyhow::Result<(DtlsOutcome, Arc<DTLSConn>)> {
-    let fut = async {
-        let (seen, choice) = peek_client_hello(&conn).await?;
-        let replay: Arc<dyn Conn + Send + Sync> = Arc::new(ReplayConn {
-            pending: Mutex::new(seen.into()),
-            inner: conn.clone(),
-        });
-        let mut config = base_config(cert, expected_remote_fingerprint.clone());
-        config.client_auth = ClientAuthType::RequireAnyClientCert;
-        if let Some(p) = choice {
-            config.srtp_protection_profiles = vec![dtls_profile_from_id(p)];
-        }
-        let dtls = DTLSConn::new(replay, config, false, None).await?;
-        let outcome = export_srtp_keys(&dtls, expected_remote_fingerprint.as_deref()).await?;
-        anyhow::Ok((outcome, Arc::new(dtls)))
-    };
-    match tokio::time::timeout(DTLS_HANDSHAKE_TIMEOUT, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(DtlsError::Timeout.into()),
-    }
+    let hs =
+        ils_control::dtls::server_handshake(conn, cert, expected_remote_fingerprint.as_deref())
+            .await?;
+    let outcome = DtlsOutcome::from_keys(hs.keys, hs.remote_fingerprint);
+    Ok((outcome, hs.conn))
 }
 
 /// Run a webrtc-dtls *client* over `conn` (used by the test peer and the self-tests):
@@ -771,112 +487,6 @@ pub async fn dtls_client_conn(
 mod tests {
     use super::*;
 
-    /// A hand-built DTLS 1.2 ClientHello record with the given use_srtp profiles.
-    fn client_hello(profiles: &[u16]) -> Vec<u8> {
-        let mut body = vec![0xfe, 0xfd];
-        body.extend_from_slice(&[7u8; 32]); // random
-        body.push(0); // session id
-        body.push(0); // cookie
-        body.extend_from_slice(&[0, 2, 0xc0, 0x2b]); // one suite
-        body.extend_from_slice(&[1, 0]); // null compression
-        let mut exts = Vec::new();
-        // an unrelated extension first (extended_master_secret, empty)
-        exts.extend_from_slice(&[0x00, 0x17, 0, 0]);
-        let mut srtp = Vec::new();
-        srtp.extend_from_slice(&((profiles.len() * 2) as u16).to_be_bytes());
-        for p in profiles {
-            srtp.extend_from_slice(&p.to_be_bytes());
-        }
-        srtp.push(0); // mki
-        exts.extend_from_slice(&EXT_USE_SRTP.to_be_bytes());
-        exts.extend_from_slice(&(srtp.len() as u16).to_be_bytes());
-        exts.extend_from_slice(&srtp);
-        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-        body.extend_from_slice(&exts);
-        let mut hs = vec![HANDSHAKE_CLIENT_HELLO];
-        let l = body.len() as u32;
-        hs.extend_from_slice(&l.to_be_bytes()[1..]);
-        hs.extend_from_slice(&[0, 0]); // message_seq
-        hs.extend_from_slice(&[0, 0, 0]); // offset
-        hs.extend_from_slice(&l.to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![CONTENT_HANDSHAKE, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
-    }
-
-    #[test]
-    fn parses_use_srtp_in_client_order() {
-        let ch = client_hello(&[1, 7, 8]);
-        assert_eq!(client_hello_srtp_profiles(&ch).unwrap(), vec![1, 7, 8]);
-        assert_eq!(choose_profile(&[1, 7, 8]), Some(PROFILE_AEAD_AES_128_GCM));
-        assert_eq!(choose_profile(&[1]), Some(PROFILE_AES128_CM_HMAC_SHA1_80));
-        assert_eq!(choose_profile(&[8]), None);
-    }
-
-    #[test]
-    fn reassembles_fragmented_client_hello() {
-        let ch = client_hello(&[1, 7]);
-        let body = &ch[DTLS_RECORD_HEADER + DTLS_HANDSHAKE_HEADER..];
-        let total = body.len();
-        let split = total / 2;
-        let frag = |off: usize, data: &[u8]| {
-            let mut hs = vec![HANDSHAKE_CLIENT_HELLO];
-            hs.extend_from_slice(&(total as u32).to_be_bytes()[1..]);
-            hs.extend_from_slice(&[0, 0]);
-            hs.extend_from_slice(&(off as u32).to_be_bytes()[1..]);
-            hs.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
-            hs.extend_from_slice(data);
-            let mut rec = vec![CONTENT_HANDSHAKE, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0];
-            rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-            rec.extend_from_slice(&hs);
-            rec
-        };
-        let mut asm = ClientHelloAssembler::default();
-        // second half first: still incomplete
-        assert_eq!(asm.push(&frag(split, &body[split..])).unwrap(), None);
-        let got = asm
-            .push(&frag(0, &body[..split]))
-            .unwrap()
-            .unwrap()
-            .to_vec();
-        assert_eq!(client_hello_body_srtp_profiles(&got).unwrap(), vec![1, 7]);
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let ch = client_hello(&[7, 1]);
-        for n in 0..ch.len() {
-            assert!(
-                client_hello_srtp_profiles(&ch[..n]).is_err(),
-                "truncated to {n} bytes parsed"
-            );
-        }
-    }
-
-    #[test]
-    fn hostile_lengths_are_errors() {
-        let mut ch = client_hello(&[7]);
-        // declared handshake length beyond the cap
-        ch[DTLS_RECORD_HEADER + 1] = 0xff;
-        assert!(matches!(
-            client_hello_srtp_profiles(&ch),
-            Err(ClientHelloError::TooLong(_))
-        ));
-        // fragment beyond declared length
-        let mut ch = client_hello(&[7]);
-        ch[DTLS_RECORD_HEADER + 8] = 0x40; // fragment offset
-        assert!(client_hello_srtp_profiles(&ch).is_err());
-        // not a client hello
-        let mut ch = client_hello(&[7]);
-        ch[DTLS_RECORD_HEADER] = 2;
-        assert_eq!(
-            client_hello_srtp_profiles(&ch),
-            Err(ClientHelloError::NotClientHello)
-        );
-    }
-
     #[test]
     fn fingerprint_format() {
         let fp = fingerprint_der(b"abc");
@@ -891,14 +501,10 @@ mod tests {
         );
     }
 
-    proptest::proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
-            let _ = client_hello_srtp_profiles(&data);
-            let _ = client_hello_body_srtp_profiles(&data);
-            let mut asm = ClientHelloAssembler::default();
-            let _ = asm.push(&data);
-            let _ = asm.push(&data);
-        }
+    #[test]
+    fn fingerprint_agrees_with_control() {
+        // sha2 here, ring in control: two implementations must give the same SDP string
+        let cert = generate_cert();
+        assert_eq!(fingerprint(&cert), ils_control::dtls::fingerprint_of(&cert));
     }
 }
