@@ -37,6 +37,14 @@ pub const MAX_SIMULCAST_LAYERS: usize = ils_shm::MAX_ENCODINGS;
 /// needs 6). More gives 400: bounds the per-track SSRC list (engine: 32 SSRCs per transport).
 pub const MAX_SSRCS_PER_MEDIA: usize = 16;
 
+/// Most distinct `a=rtcp-fb` values per payload type (including `*` ones). Default 32 (Chromium
+/// sends 5). More gives 400: bounds the quadratic de-duplication work a hostile offer could cause
+/// with thousands of wildcard lines.
+pub const MAX_RTCP_FB_PER_CODEC: usize = 32;
+
+/// Most `a=rid` lines per m-line. Default 16 (a simulcast publisher sends 3). More gives 400.
+pub const MAX_RIDS_PER_MEDIA: usize = 16;
+
 /// Remote ICE ufrag length range accepted, in characters. RFC 8839 allows 4..=256; the upper
 /// bound 32 = `ils_shm::MAX_UFRAG_LEN` (browsers send 4 to 16).
 pub const ICE_UFRAG_LEN: std::ops::RangeInclusive<usize> = 4..=ils_shm::MAX_UFRAG_LEN;

@@ -10,7 +10,8 @@ use sdp::description::media::MediaDescription;
 use sdp::description::session::SessionDescription;
 
 use super::limits::{
-    is_rid, is_token, MAX_MID_LEN, MAX_RID_LEN, MAX_SIMULCAST_LAYERS, MAX_SSRCS_PER_MEDIA,
+    is_rid, is_token, MAX_MID_LEN, MAX_RIDS_PER_MEDIA, MAX_RID_LEN, MAX_RTCP_FB_PER_CODEC,
+    MAX_SIMULCAST_LAYERS, MAX_SSRCS_PER_MEDIA,
 };
 use super::{Kind, SdpError};
 
@@ -294,7 +295,10 @@ fn parse_codecs(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError>
                     .split_once(' ')
                     .ok_or_else(|| SdpError::bad("malformed a=rtcp-fb"))?;
                 let fb = fb.split_whitespace().collect::<Vec<_>>().join(" ");
-                if pt == "*" {
+                if pt == "*" && !wildcard_fb.contains(&fb) {
+                    if wildcard_fb.len() >= MAX_RTCP_FB_PER_CODEC {
+                        return Err(too_many_fb());
+                    }
                     wildcard_fb.push(fb);
                 }
             }
@@ -329,6 +333,9 @@ fn parse_codecs(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError>
                     let fb = fb.split_whitespace().collect::<Vec<_>>().join(" ");
                     if let Some(c) = m.codecs.iter_mut().find(|c| c.pt == pt) {
                         if !c.rtcp_fb.contains(&fb) {
+                            if c.rtcp_fb.len() >= MAX_RTCP_FB_PER_CODEC {
+                                return Err(too_many_fb());
+                            }
                             c.rtcp_fb.push(fb);
                         }
                     }
@@ -340,6 +347,9 @@ fn parse_codecs(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError>
     for c in &mut m.codecs {
         for fb in &wildcard_fb {
             if !c.rtcp_fb.contains(fb) {
+                if c.rtcp_fb.len() >= MAX_RTCP_FB_PER_CODEC {
+                    return Err(too_many_fb());
+                }
                 c.rtcp_fb.push(fb.clone());
             }
         }
@@ -348,6 +358,12 @@ fn parse_codecs(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError>
     m.codecs
         .sort_by_key(|c| pts.iter().position(|p| *p == c.pt).unwrap_or(usize::MAX));
     Ok(())
+}
+
+fn too_many_fb() -> SdpError {
+    SdpError::bad(format!(
+        "more than {MAX_RTCP_FB_PER_CODEC} a=rtcp-fb values for one payload type"
+    ))
 }
 
 fn parse_exts(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError> {
@@ -397,7 +413,13 @@ fn parse_exts(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError> {
 
 fn parse_simulcast(m: &mut OfferMedia, attrs: &[Attribute]) -> Result<(), SdpError> {
     let mut send_rids: Vec<&str> = Vec::new();
-    for a in attrs.iter().filter(|a| a.key == "rid") {
+    for (n, a) in attrs.iter().filter(|a| a.key == "rid").enumerate() {
+        if n >= MAX_RIDS_PER_MEDIA {
+            return Err(SdpError::bad(format!(
+                "more than {MAX_RIDS_PER_MEDIA} a=rid lines on mid \"{}\"",
+                m.mid
+            )));
+        }
         let v = a.value.as_deref().unwrap_or("").trim();
         let mut it = v.split_whitespace();
         let (Some(id), Some(dir)) = (it.next(), it.next()) else {
@@ -601,6 +623,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.reason.contains("SSRCs"), "{}", e.reason);
+    }
+
+    #[test]
+    fn hostile_repetition_is_bounded() {
+        let fb: String = (0..=MAX_RTCP_FB_PER_CODEC)
+            .map(|i| format!("a=rtcp-fb:* x{i}\r\n"))
+            .collect();
+        let e = one(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n{fb}"
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("rtcp-fb"), "{}", e.reason);
+        let fb = fb.replace('*', "96");
+        let e = one(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n{fb}"
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("rtcp-fb"), "{}", e.reason);
+        // Repeating the same value is de-duplicated, not counted.
+        let same = "a=rtcp-fb:96 nack\r\n".repeat(100);
+        let m = one(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n{same}"
+        ))
+        .unwrap();
+        assert_eq!(m.codecs[0].rtcp_fb, vec!["nack"]);
+        let rids: String = (0..=MAX_RIDS_PER_MEDIA)
+            .map(|i| format!("a=rid:r{i} send\r\n"))
+            .collect();
+        let e = one(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n{rids}"
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("a=rid"), "{}", e.reason);
     }
 
     #[test]
