@@ -146,9 +146,16 @@ async fn spawn_send_and_receive_dump() {
     let state = dump(&link, &mut rx).await;
     assert_eq!(transports(&state), vec![(1, 42, b"ufragA".to_vec())]);
     // the engine is alive and stamping its heartbeat
-    assert!(link
-        .heartbeat_age()
-        .is_some_and(|a| a < Duration::from_secs(1)));
+    let t = Instant::now();
+    let mut age = link.heartbeat_age();
+    while age.is_none_or(|a| a >= Duration::from_millis(500)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "heartbeat age {age:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        age = link.heartbeat_age();
+    }
     assert_eq!(link.counters().len(), ils_shm::Counter::ALL.len());
     // bad shard / bad command are typed errors, nothing sent
     assert!(link.send(SHARDS, &Command::DumpState).is_err());
@@ -220,4 +227,59 @@ async fn second_link_attaches_to_running_engine() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(second.engine_pid(), Some(pid));
     assert_eq!(second.restarts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_engine_fills_ring_then_is_replaced() {
+    let (link, mut rx) = EngineLink::start(config("hung")).await.unwrap();
+    let _stop = StopOnDrop(link.clone());
+    let (old_pid, old_gen) = (link.engine_pid().unwrap(), link.generation());
+    // SAFETY: signalling the engine process the link spawned. SIGSTOP = hung engine.
+    assert_eq!(unsafe { libc::kill(old_pid as i32, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    // kill() returns before the stop takes effect: wait until the process state is 'T'
+    while !std::fs::read_to_string(format!("/proc/{old_pid}/stat")).is_ok_and(|st| {
+        st.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+    }) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "engine did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // nobody drains the command ring: pushes fail fast with RingFull, never block
+    let mut full = None;
+    for i in 0..(ils_shm::DEFAULT_RING_SLOTS as usize + 8) {
+        if let Err(e) = link.send(0, &Command::DumpState) {
+            full = Some((i, e));
+            break;
+        }
+    }
+    let (sent, err) = full.expect("ring never filled");
+    assert!(
+        matches!(
+            err,
+            ils_control::engine_link::LinkError::RingFull { shard: 0 }
+        ),
+        "{err:?}"
+    );
+    assert!(sent <= ils_shm::DEFAULT_RING_SLOTS as usize);
+    assert!(
+        stopped.elapsed() < Duration::from_millis(500),
+        "send blocked"
+    );
+    // the heartbeat stalls: the supervisor kills the hung engine and starts a new one
+    let deadline = stopped + Duration::from_secs(3);
+    let generation = loop {
+        match next_event(&mut rx, deadline).await {
+            Some(LinkEvent::EngineRestarted { generation }) => break generation,
+            Some(LinkEvent::Event(_)) => continue,
+            None => panic!("hung engine not replaced within 3 s"),
+        }
+    };
+    eprintln!("hung engine replaced after {:?}", stopped.elapsed());
+    assert_ne!(generation, old_gen);
+    assert_ne!(link.engine_pid(), Some(old_pid));
+    assert!(transports(&dump(&link, &mut rx).await).is_empty());
 }
