@@ -70,8 +70,11 @@ pub const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How to run (or find) the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// The `ils-engine` binary.
+    /// The `ils-engine` binary (or any binary that runs the engine after `args_prefix`).
     pub bin: PathBuf,
+    /// Arguments put before the engine flags (e.g. `["engine"]` when `bin` is `ils-control`
+    /// running its embedded engine); empty for a plain `ils-engine`.
+    pub args_prefix: Vec<String>,
     /// The engine's attach socket (`--control-socket`).
     pub socket: PathBuf,
     /// Shards (`--cores`).
@@ -726,7 +729,7 @@ fn pump_events(
 
 /// The engine's command line for `cfg`.
 pub fn engine_args(cfg: &EngineConfig) -> Vec<std::ffi::OsString> {
-    let mut a: Vec<std::ffi::OsString> = Vec::new();
+    let mut a: Vec<std::ffi::OsString> = cfg.args_prefix.iter().map(Into::into).collect();
     let mut push = |k: &str, v: std::ffi::OsString| {
         a.push(k.into());
         a.push(v);
@@ -920,6 +923,7 @@ mod tests {
     fn args_match_engine_flags() {
         let cfg = EngineConfig {
             bin: "/x/ils-engine".into(),
+            args_prefix: Vec::new(),
             socket: "/tmp/s.sock".into(),
             cores: 3,
             media_ip: "127.0.0.1".parse().unwrap(),
@@ -931,6 +935,16 @@ mod tests {
             .into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
+        let with_prefix = EngineConfig {
+            args_prefix: vec!["engine".into()],
+            ..cfg.clone()
+        };
+        let b = engine_args(&with_prefix);
+        assert_eq!(
+            b.first().map(|s| s.to_string_lossy().into_owned()),
+            Some("engine".into())
+        );
+        assert_eq!(b.len(), a.len() + 1);
         assert_eq!(
             a,
             [

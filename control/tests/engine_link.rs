@@ -57,6 +57,7 @@ fn free_ports(n: u16) -> u16 {
 fn config(tag: &str) -> EngineConfig {
     EngineConfig {
         bin: engine_bin(),
+        args_prefix: Vec::new(),
         socket: std::env::temp_dir().join(format!(
             "ils-link-{tag}-{}-{}.sock",
             std::process::id(),
