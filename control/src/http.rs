@@ -1,1 +1,824 @@
-//! TODO (issue 3)
+//! The HTTP API: WHIP (RFC 9725) and WHEP endpoints, room stats, Prometheus metrics, the demo
+//! page and (in dev mode) demo tokens. Also the event loop that reacts to the engine.
+
+// Handlers return a ready `Response` as their error: refusals are the cold path.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ils_shm::{Command, Event};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::auth::{self, Role, Secret};
+use crate::config::Settings;
+use crate::dtls::DtlsDriver;
+use crate::engine_link::{EngineLink, LinkEvent};
+use crate::room::{EngineCmd, Rooms, SessionKind};
+use crate::sdp::{self, LocalParams, Preferences};
+
+/// DTLS datagrams queued per session between the engine and its handshake task; more are
+/// dropped (the peer retransmits). Memory: ≤ 64 × 1.5 KiB per connecting session.
+pub const DTLS_QUEUE: usize = 64;
+
+/// Control-side counters exported at `/metrics`.
+#[derive(Default)]
+pub struct ControlCounters {
+    /// WHIP offers answered 201.
+    pub whip_created: AtomicU64,
+    /// WHEP offers answered 201.
+    pub whep_created: AtomicU64,
+    /// Requests refused, by status class.
+    pub refused_401: AtomicU64,
+    /// 403 refusals.
+    pub refused_403: AtomicU64,
+    /// 4xx SDP refusals.
+    pub refused_sdp: AtomicU64,
+    /// Capacity refusals (409/503).
+    pub refused_capacity: AtomicU64,
+    /// DTLS handshakes completed.
+    pub dtls_ok: AtomicU64,
+    /// DTLS handshakes failed (timeout, fingerprint mismatch, ...).
+    pub dtls_failed: AtomicU64,
+    /// Sessions removed because ICE consent was lost.
+    pub consent_lost: AtomicU64,
+    /// Engine commands refused because a ring was full.
+    pub link_full: AtomicU64,
+    /// Engine `Rejected` events.
+    pub engine_rejected: AtomicU64,
+    /// Engine restarts seen.
+    pub engine_restarts: AtomicU64,
+}
+
+/// Latest per-transport stats snapshot from the engine.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TransportSnapshot {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets dropped.
+    pub drops: u64,
+}
+
+/// Everything the handlers share.
+pub struct App {
+    /// Settings in force.
+    pub settings: Settings,
+    /// Token secret.
+    pub secret: Secret,
+    /// DTLS implementation.
+    pub dtls: Arc<dyn DtlsDriver>,
+    /// The engine.
+    pub link: EngineLink,
+    /// Rooms and sessions.
+    pub rooms: tokio::sync::Mutex<Rooms>,
+    /// Inbound DTLS channel per transport (handshake in progress).
+    pub dtls_inbound: Mutex<HashMap<u32, mpsc::Sender<Vec<u8>>>>,
+    /// Stats per transport.
+    pub stats: Mutex<HashMap<u32, TransportSnapshot>>,
+    /// Counters.
+    pub counters: ControlCounters,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    m.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+impl App {
+    fn state_path(&self) -> PathBuf {
+        self.settings.data_dir.join("state.json")
+    }
+
+    /// Persist room state (atomic rename) so a restarted control can reconcile.
+    pub fn persist(&self, rooms: &Rooms) {
+        let path = self.state_path();
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, rooms.to_json()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// Send room commands to the engine, in order.
+    pub fn apply(&self, cmds: Vec<EngineCmd>) {
+        for c in cmds {
+            let r = match &c {
+                EngineCmd::AddTransport {
+                    shard,
+                    transport,
+                    ufrag,
+                    pwd,
+                } => self.link.send(
+                    *shard,
+                    &Command::AddTransport {
+                        transport: *transport,
+                        ufrag: ufrag.as_bytes(),
+                        pwd: pwd.as_bytes(),
+                        consent_timeout_ms: (self
+                            .settings
+                            .consent_timeout_secs
+                            .saturating_mul(1000))
+                        .min(u64::from(u32::MAX))
+                            as u32,
+                    },
+                ),
+                EngineCmd::RemoveTransport { shard, transport } => {
+                    if let Ok(mut d) = self.dtls_inbound.lock() {
+                        d.remove(transport);
+                    }
+                    self.link.send(
+                        *shard,
+                        &Command::RemoveTransport {
+                            transport: *transport,
+                        },
+                    )
+                }
+                EngineCmd::InstallSrtp {
+                    shard,
+                    transport,
+                    keys,
+                } => self.link.send(
+                    *shard,
+                    &Command::InstallSrtp {
+                        transport: *transport,
+                        profile: keys.profile,
+                        rx_key: &keys.client_key,
+                        rx_salt: &keys.client_salt,
+                        tx_key: &keys.server_key,
+                        tx_salt: &keys.server_salt,
+                    },
+                ),
+                EngineCmd::AddTrack(spec) => {
+                    self.link.broadcast(&Command::AddTrack(*spec)).map(|_| 0)
+                }
+                EngineCmd::RemoveTrack { track } => self
+                    .link
+                    .broadcast(&Command::RemoveTrack { track: *track })
+                    .map(|_| 0),
+                EngineCmd::AddLeg { shard, spec } => {
+                    self.link.send(*shard, &Command::AddLeg(*spec))
+                }
+                EngineCmd::RemoveLeg { shard, leg } => {
+                    self.link.send(*shard, &Command::RemoveLeg { leg: *leg })
+                }
+                EngineCmd::SelectLayer { shard, leg, layer } => self.link.send(
+                    *shard,
+                    &Command::SelectLayer {
+                        leg: *leg,
+                        layer: *layer,
+                    },
+                ),
+            };
+            if let Err(e) = r {
+                self.counters.link_full.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("engine command {c:?} not sent: {e}");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    room: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    identity: Option<String>,
+}
+
+/// Build the router.
+pub fn router(app: Arc<App>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([header::LOCATION, header::ETAG, header::LINK]);
+    let limit = app.settings.max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/ils.js", get(ils_js))
+        .route("/whip/{room}", post(whip).options(options))
+        .route("/whep/{room}", post(whep).options(options))
+        .route(
+            "/whip/{room}/{id}",
+            axum::routing::delete(delete_session)
+                .patch(patch_session)
+                .options(options),
+        )
+        .route(
+            "/whep/{room}/{id}",
+            axum::routing::delete(delete_session)
+                .patch(patch_session)
+                .options(options),
+        )
+        .route("/api/rooms", get(api_rooms))
+        .route("/api/rooms/{room}", get(api_room))
+        .route("/api/dev/token", get(dev_token))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
+        .with_state(app)
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../web/index.html"),
+    )
+        .into_response()
+}
+
+async fn ils_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../web/ils.js"),
+    )
+        .into_response()
+}
+
+async fn options() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::HeaderName::from_static("accept-patch"),
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    r
+}
+
+fn authorize(app: &App, headers: &HeaderMap, room: &str) -> Result<auth::Claims, Response> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = auth::bearer(h)
+        .and_then(|t| auth::verify(&app.secret, t, now_unix()))
+        .and_then(|c| auth::check_room(&c, room).map(|_| c));
+    claims.map_err(|e| {
+        let code = e.status();
+        if code == 403 {
+            app.counters.refused_403.fetch_add(1, Ordering::Relaxed);
+        } else {
+            app.counters.refused_401.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut r = text(status(code), e.to_string());
+        if code == 401 {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    })
+}
+
+fn check_sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
+        return Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/sdp (got {ct:?})"),
+        ));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| text(StatusCode::BAD_REQUEST, "SDP is not UTF-8"))
+}
+
+fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= 64
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+async fn whip(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(app, room, headers, body, SessionKind::Publisher).await
+}
+
+async fn whep(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(app, room, headers, body, SessionKind::Viewer).await
+}
+
+async fn offer(
+    app: Arc<App>,
+    room: String,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: SessionKind,
+) -> Response {
+    if !valid_room(&room) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-64 characters of A-Z a-z 0-9 - _ .",
+        );
+    }
+    // Authorization before anything is allocated (RELIABILITY C8).
+    let claims = match authorize(&app, &headers, &room) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if kind == SessionKind::Publisher && !claims.role.may_publish() {
+        app.counters.refused_403.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::FORBIDDEN,
+            "a viewer token cannot publish: use a host or producer token",
+        );
+    }
+    let offer = match check_sdp_body(&headers, &body) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let mut rooms = app.rooms.lock().await;
+    let alloc = match rooms.allocate(&room, kind, &|b| ring_fill(b)) {
+        Ok(a) => a,
+        Err(e) => {
+            app.counters
+                .refused_capacity
+                .fetch_add(1, Ordering::Relaxed);
+            return text(status(e.status()), e.to_string());
+        }
+    };
+    let announce = app.settings.announce_ip.unwrap_or(app.settings.media_ip);
+    let local = LocalParams {
+        ice_ufrag: alloc.ice_ufrag.clone(),
+        ice_pwd: alloc.ice_pwd.clone(),
+        fingerprint_sha256: app.dtls.fingerprint(),
+        candidate: SocketAddr::new(announce, app.link.port(alloc.shard)),
+        cname: format!("ils-{}", alloc.id),
+    };
+    let negotiated = match kind {
+        SessionKind::Publisher => sdp::answer_publish(&offer, &local),
+        SessionKind::Viewer => {
+            let (video, audio) = rooms.publisher_codecs(&room);
+            let prefer = Preferences { video, audio };
+            let mut next = || rooms.next_ssrc();
+            sdp::answer_view(&offer, &local, &prefer, &mut next)
+        }
+    };
+    let neg = match negotiated {
+        Ok(n) => n,
+        Err(e) => {
+            app.counters.refused_sdp.fetch_add(1, Ordering::Relaxed);
+            return text(status(e.status), e.reason);
+        }
+    };
+    let cmds = rooms.create_session(
+        &alloc,
+        &room,
+        kind,
+        claims.identity.clone(),
+        neg.remote_fingerprint.clone(),
+        &neg.media,
+        now_unix(),
+    );
+    app.persist(&rooms);
+    drop(rooms);
+    // The DTLS relay must exist before the engine can hand us the client's first flight.
+    let (in_tx, in_rx) = mpsc::channel(DTLS_QUEUE);
+    if let Ok(mut d) = app.dtls_inbound.lock() {
+        d.insert(alloc.transport, in_tx);
+    }
+    app.apply(cmds);
+    spawn_handshake(
+        Arc::clone(&app),
+        alloc.id.clone(),
+        alloc.shard,
+        alloc.transport,
+        in_rx,
+        neg.remote_fingerprint.clone(),
+    );
+    let (path, counter) = match kind {
+        SessionKind::Publisher => ("whip", &app.counters.whip_created),
+        SessionKind::Viewer => ("whep", &app.counters.whep_created),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let location = format!("/{path}/{room}/{}", alloc.id);
+    let mut r = (StatusCode::CREATED, neg.answer).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", alloc.id)) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}
+
+fn ring_fill(b: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    if ring::rand::SystemRandom::new().fill(b).is_err() {
+        // The system RNG failing is not recoverable in a meaningful way; fall back to rand.
+        rand::Rng::fill(&mut rand::thread_rng(), b);
+    }
+}
+
+fn spawn_handshake(
+    app: Arc<App>,
+    id: String,
+    shard: usize,
+    transport: u32,
+    inbound: mpsc::Receiver<Vec<u8>>,
+    fingerprint: String,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(DTLS_QUEUE);
+    let link = app.link.clone();
+    tokio::spawn(async move {
+        while let Some(d) = out_rx.recv().await {
+            let _ = link.send(
+                shard,
+                &Command::SendDatagram {
+                    transport,
+                    data: &d,
+                },
+            );
+        }
+    });
+    tokio::spawn(async move {
+        let res = app.dtls.accept(inbound, out_tx, fingerprint).await;
+        let mut rooms = app.rooms.lock().await;
+        let cmds = match res {
+            Ok(keys) => {
+                app.counters.dtls_ok.fetch_add(1, Ordering::Relaxed);
+                rooms.handle_connected(&id, keys)
+            }
+            Err(e) => {
+                app.counters.dtls_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %id, "DTLS failed: {e}; session removed");
+                rooms.remove_session(&id)
+            }
+        };
+        if let Ok(cmds) = cmds {
+            app.apply(cmds);
+            app.persist(&rooms);
+        }
+        if let Ok(mut d) = app.dtls_inbound.lock() {
+            d.remove(&transport);
+        }
+    });
+}
+
+async fn delete_session(
+    State(app): State<Arc<App>>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&app, &headers, &room) {
+        return r;
+    }
+    let mut rooms = app.rooms.lock().await;
+    if rooms.session(&id).is_none_or(|s| s.room != room) {
+        return text(StatusCode::NOT_FOUND, "no such session in this room");
+    }
+    match rooms.remove_session(&id) {
+        Ok(cmds) => {
+            app.apply(cmds);
+            app.persist(&rooms);
+            StatusCode::OK.into_response()
+        }
+        Err(e) => text(status(e.status()), e.to_string()),
+    }
+}
+
+async fn patch_session(
+    State(app): State<Arc<App>>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&app, &headers, &room) {
+        return r;
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .to_ascii_lowercase()
+        .starts_with("application/trickle-ice-sdpfrag")
+    {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/trickle-ice-sdpfrag",
+        );
+    }
+    let rooms = app.rooms.lock().await;
+    let Some(s) = rooms.session(&id).filter(|s| s.room == room) else {
+        return text(StatusCode::NOT_FOUND, "no such session in this room");
+    };
+    let frag = match std::str::from_utf8(&body)
+        .map_err(|_| ())
+        .and_then(|b| sdp::parse_sdpfrag(b).map_err(|_| ()))
+    {
+        Ok(f) => f,
+        Err(()) => return text(StatusCode::BAD_REQUEST, "malformed trickle-ice-sdpfrag"),
+    };
+    match frag.ice_ufrag {
+        // An ICE-lite server learns candidates from connectivity checks: trickled candidates
+        // need no action.
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(u) if u == s.ice_ufrag => StatusCode::NO_CONTENT.into_response(),
+        Some(_) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restart is not supported yet: DELETE this session and POST a new offer",
+        ),
+    }
+}
+
+async fn api_rooms(State(app): State<Arc<App>>) -> Response {
+    let rooms = app.rooms.lock().await;
+    let list: Vec<_> = rooms
+        .room_counts()
+        .into_iter()
+        .map(|(name, (p, v))| serde_json::json!({"room": name, "publishers": p, "viewers": v}))
+        .collect();
+    axum::Json(serde_json::json!({ "rooms": list })).into_response()
+}
+
+async fn api_room(State(app): State<Arc<App>>, Path(room): Path<String>) -> Response {
+    let rooms = app.rooms.lock().await;
+    let stats = app.stats.lock().map(|s| s.clone()).unwrap_or_default();
+    let sessions: Vec<_> = rooms
+        .sessions()
+        .filter(|s| s.room == room)
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id,
+                "kind": s.kind,
+                "identity": s.identity,
+                "state": s.state,
+                "shard": s.shard,
+                "media": s.media.iter().map(|m| serde_json::json!({
+                    "mid": m.mid, "kind": if m.video { "video" } else { "audio" },
+                    "codec": m.codec, "rids": m.rids, "layer": m.layer,
+                })).collect::<Vec<_>>(),
+                "stats": stats.get(&s.transport).copied().unwrap_or_default(),
+            })
+        })
+        .collect();
+    if sessions.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("room {room:?} has no sessions"),
+        );
+    }
+    axum::Json(serde_json::json!({ "room": room, "sessions": sessions })).into_response()
+}
+
+async fn dev_token(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Response {
+    if !app.settings.dev {
+        return text(
+            StatusCode::NOT_FOUND,
+            "demo tokens are only served in dev mode (start ils-control with --dev), or paste a token from `ils-control token`",
+        );
+    }
+    if !valid_room(&q.room) {
+        return text(StatusCode::BAD_REQUEST, "bad room name");
+    }
+    let role = match q.role.as_deref().unwrap_or("viewer") {
+        "host" => Role::Host,
+        "producer" => Role::Producer,
+        "viewer" => Role::Viewer,
+        other => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("unknown role {other:?}: host, producer or viewer"),
+            )
+        }
+    };
+    let token = auth::issue(
+        &app.secret,
+        &q.room,
+        role,
+        q.identity.as_deref(),
+        Duration::from_secs(3600),
+        now_unix(),
+    );
+    axum::Json(serde_json::json!({ "token": token })).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP ils_engine_drops_total Packets the engine dropped, by reason."
+    );
+    let _ = writeln!(out, "# TYPE ils_engine_drops_total counter");
+    let counters = app.link.counters();
+    for (c, v) in &counters {
+        if let Some(reason) = c.drop_reason() {
+            let _ = writeln!(out, "ils_engine_drops_total{{reason=\"{reason}\"}} {v}");
+        }
+    }
+    for (c, v) in &counters {
+        if c.drop_reason().is_none() {
+            let n = c.name();
+            let _ = writeln!(out, "# TYPE ils_engine_{n}_total counter");
+            let _ = writeln!(out, "ils_engine_{n}_total {v}");
+        }
+    }
+    let c = &app.counters;
+    let pairs: [(&str, &AtomicU64); 12] = [
+        ("whip_sessions_created", &c.whip_created),
+        ("whep_sessions_created", &c.whep_created),
+        ("refused_unauthorized", &c.refused_401),
+        ("refused_forbidden", &c.refused_403),
+        ("refused_sdp", &c.refused_sdp),
+        ("refused_capacity", &c.refused_capacity),
+        ("dtls_handshakes_ok", &c.dtls_ok),
+        ("dtls_handshakes_failed", &c.dtls_failed),
+        ("consent_lost", &c.consent_lost),
+        ("engine_link_full", &c.link_full),
+        ("engine_rejected", &c.engine_rejected),
+        ("engine_restarts", &c.engine_restarts),
+    ];
+    for (n, v) in pairs {
+        let _ = writeln!(out, "# TYPE ils_control_{n}_total counter");
+        let _ = writeln!(out, "ils_control_{n}_total {}", v.load(Ordering::Relaxed));
+    }
+    let rooms = app.rooms.lock().await;
+    let (mut p, mut v) = (0, 0);
+    for (_, (a, b)) in rooms.room_counts() {
+        p += a;
+        v += b;
+    }
+    let _ = writeln!(out, "# TYPE ils_control_sessions gauge");
+    let _ = writeln!(out, "ils_control_sessions{{kind=\"publisher\"}} {p}");
+    let _ = writeln!(out, "ils_control_sessions{{kind=\"viewer\"}} {v}");
+    let age = app.link.heartbeat_age().map_or(-1.0, |d| d.as_secs_f64());
+    let _ = writeln!(out, "# TYPE ils_engine_heartbeat_age_seconds gauge");
+    let _ = writeln!(out, "ils_engine_heartbeat_age_seconds {age}");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// React to the engine: DTLS relay, consent loss, layer upgrades, stats, restarts.
+pub async fn run_events(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<LinkEvent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                handle_event(&app, ev).await;
+            }
+            _ = tick.tick() => {
+                let mut rooms = app.rooms.lock().await;
+                for id in rooms.expired(now_unix()) {
+                    if let Ok(cmds) = rooms.remove_session(&id) {
+                        tracing::info!(session = %id, "never connected; removed");
+                        app.apply(cmds);
+                    }
+                }
+                app.persist(&rooms);
+            }
+        }
+    }
+}
+
+async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
+    match ev {
+        LinkEvent::EngineRestarted { generation } => {
+            app.counters.engine_restarts.fetch_add(1, Ordering::Relaxed);
+            let mut rooms = app.rooms.lock().await;
+            let gone = rooms.handle_engine_restart();
+            tracing::warn!(
+                generation,
+                sessions = gone.len(),
+                "engine restarted: all media sessions are gone; clients must reconnect (new WHIP/WHEP offer)"
+            );
+            if let Ok(mut d) = app.dtls_inbound.lock() {
+                d.clear();
+            }
+            app.persist(&rooms);
+        }
+        LinkEvent::Event(owned) => {
+            let Some(e) = owned.event() else { return };
+            match e {
+                Event::DtlsIn { transport, data } => {
+                    let tx = app
+                        .dtls_inbound
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&transport).cloned());
+                    if let Some(tx) = tx {
+                        let _ = tx.try_send(data.to_vec());
+                    }
+                }
+                Event::ConsentLost { transport } => {
+                    app.counters.consent_lost.fetch_add(1, Ordering::Relaxed);
+                    let mut rooms = app.rooms.lock().await;
+                    if let Some(id) = rooms.by_transport(transport).map(|s| s.id.clone()) {
+                        if let Ok(cmds) = rooms.remove_session(&id) {
+                            tracing::info!(session = %id, "ICE consent lost; session removed");
+                            app.apply(cmds);
+                            app.persist(&rooms);
+                        }
+                    }
+                }
+                Event::TrackStats {
+                    track,
+                    layers_active,
+                    ..
+                } => {
+                    let mut rooms = app.rooms.lock().await;
+                    let cmds = rooms.handle_track_layers(track, layers_active);
+                    if !cmds.is_empty() {
+                        app.apply(cmds);
+                        app.persist(&rooms);
+                    }
+                }
+                Event::TransportStats {
+                    transport,
+                    rx_packets,
+                    rx_bytes,
+                    tx_packets,
+                    tx_bytes,
+                    drops,
+                    ..
+                } => {
+                    if let Ok(mut s) = app.stats.lock() {
+                        s.insert(
+                            transport,
+                            TransportSnapshot {
+                                rx_packets,
+                                rx_bytes,
+                                tx_packets,
+                                tx_bytes,
+                                drops,
+                            },
+                        );
+                    }
+                }
+                Event::Rejected { seq, reason } => {
+                    app.counters.engine_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        seq,
+                        shard = owned.shard,
+                        "engine rejected a command: {reason:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}

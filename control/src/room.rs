@@ -1,1 +1,1010 @@
-//! TODO (issue 3)
+//! Sans-IO room state: sessions (WHIP publishers, WHEP viewers), the rooms they belong to, and
+//! the engine commands that follow from each change.
+//!
+//! Driving contract: call a `handle_*`/`create_*` method, then send every returned
+//! [`EngineCmd`] to the engine in order. Nothing here touches the engine, a socket or a clock.
+//!
+//! Mapping media: a viewer's answer reserves its m-lines (one SSRC each, chosen by control). Each
+//! viewer m-line of kind K is fed by the room's *current* publisher track of kind K (the oldest
+//! publisher still present with a compatible codec): when that publisher leaves, the slot goes
+//! quiet and is re-mapped to the next publisher, without renegotiation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ils_shm::{EncodingSpec, LegSpec, MediaKind, ShortStr, TrackSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::dtls::SrtpKeys;
+use crate::sdp::{Kind, MediaInfo};
+
+/// Sessions per room (publishers + viewers). Bounds what one room (one token holder) can make
+/// the process allocate; a full room answers 503. Memory: ≈ 2 KiB per session.
+pub const MAX_SESSIONS_PER_ROOM: usize = 10_000;
+/// Rooms per process. Memory: ≈ 200 B per empty room.
+pub const MAX_ROOMS: usize = 10_000;
+/// Publishers per room (the stage). More are refused with 409.
+pub const MAX_PUBLISHERS_PER_ROOM: usize = 25;
+/// Sessions whose DTLS handshake has not finished, per process (RELIABILITY D5): offers that
+/// never connect cannot pile up; the oldest is reaped after `CONNECT_TIMEOUT_SECS`.
+pub const MAX_PENDING_SESSIONS: usize = 1_000;
+/// A session that has not finished DTLS within this many seconds is removed.
+pub const CONNECT_TIMEOUT_SECS: u64 = 30;
+
+/// Publisher or viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// WHIP: sends media.
+    Publisher,
+    /// WHEP: receives media.
+    Viewer,
+}
+
+/// Connection progress of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Answer sent; waiting for ICE/DTLS.
+    Connecting,
+    /// DTLS done, keys installed, media flowing.
+    Connected,
+}
+
+/// One media section of a session, as stored (serializable for restart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MediaSlot {
+    /// m-line mid.
+    pub mid: String,
+    /// Audio or video.
+    pub video: bool,
+    /// Codec name ("VP8", "opus", ...).
+    pub codec: String,
+    /// Negotiated payload type.
+    pub pt: u8,
+    /// RTX payload type (0 = none).
+    pub rtx_pt: u8,
+    /// Clock rate.
+    pub clock_rate: u32,
+    /// Header extension ids: (uri-key, id).
+    pub ext: Vec<(String, u8)>,
+    /// Publisher: simulcast rids (low → high as offered) and offered SSRCs.
+    pub rids: Vec<String>,
+    /// Publisher: SSRCs from the offer (media, rtx).
+    pub ssrcs: Vec<(u32, u32)>,
+    /// Viewer: our SSRC and RTX SSRC on this m-line.
+    pub send_ssrc: u32,
+    /// Viewer: RTX SSRC (0 = none).
+    pub send_rtx_ssrc: u32,
+    /// Publisher: engine track id for this m-line.
+    pub track: u32,
+    /// Viewer: the leg currently feeding this slot: (leg id, track id).
+    pub leg: Option<(u32, u32)>,
+    /// Viewer: simulcast layer chosen automatically (upgraded as the publisher's layers appear).
+    pub layer: u8,
+}
+
+/// A WHIP or WHEP session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    /// Resource id (the last path segment of the `Location`).
+    pub id: String,
+    /// Room name.
+    pub room: String,
+    /// Publisher or viewer.
+    pub kind: SessionKind,
+    /// Identity from the token.
+    pub identity: Option<String>,
+    /// Engine shard holding the transport.
+    pub shard: usize,
+    /// Engine transport id.
+    pub transport: u32,
+    /// Our ICE credentials for this session.
+    pub ice_ufrag: String,
+    /// ICE password.
+    pub ice_pwd: String,
+    /// The client's certificate fingerprint from its offer.
+    pub remote_fingerprint: String,
+    /// Progress.
+    pub state: SessionState,
+    /// Media sections.
+    pub media: Vec<MediaSlot>,
+    /// Unix seconds at creation.
+    pub created: u64,
+}
+
+/// An engine command to send (owned; converted to `ils_shm::Command` at the link).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineCmd {
+    /// Create a transport on `shard`.
+    AddTransport {
+        /// Shard.
+        shard: usize,
+        /// Transport id.
+        transport: u32,
+        /// Local ufrag.
+        ufrag: String,
+        /// Local password.
+        pwd: String,
+    },
+    /// Remove a transport (its legs go with it in the engine).
+    RemoveTransport {
+        /// Shard.
+        shard: usize,
+        /// Transport id.
+        transport: u32,
+    },
+    /// Install SRTP keys (we are the DTLS server: rx = client write key).
+    InstallSrtp {
+        /// Shard.
+        shard: usize,
+        /// Transport id.
+        transport: u32,
+        /// Keys.
+        keys: SrtpKeys,
+    },
+    /// Add a track on every shard.
+    AddTrack(TrackSpec),
+    /// Remove a track on every shard.
+    RemoveTrack {
+        /// Track id.
+        track: u32,
+    },
+    /// Add a leg on the viewer's shard.
+    AddLeg {
+        /// Shard.
+        shard: usize,
+        /// Leg.
+        spec: LegSpec,
+    },
+    /// Remove a leg.
+    RemoveLeg {
+        /// Shard.
+        shard: usize,
+        /// Leg id.
+        leg: u32,
+    },
+    /// Change a leg's simulcast layer.
+    SelectLayer {
+        /// Shard.
+        shard: usize,
+        /// Leg id.
+        leg: u32,
+        /// Layer.
+        layer: u8,
+    },
+}
+
+/// Why a session could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Too many rooms, sessions or pending handshakes.
+    #[error("server at capacity: {0}; try again later")]
+    Capacity(&'static str),
+    /// The stage is full.
+    #[error("room already has {MAX_PUBLISHERS_PER_ROOM} publishers")]
+    StageFull,
+    /// Unknown session.
+    #[error("no such session")]
+    UnknownSession,
+}
+
+impl RoomError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            RoomError::Capacity(_) => 503,
+            RoomError::StageFull => 409,
+            RoomError::UnknownSession => 404,
+        }
+    }
+}
+
+/// What a new session needs before its SDP answer can be written.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    /// Session id.
+    pub id: String,
+    /// Shard.
+    pub shard: usize,
+    /// Transport id.
+    pub transport: u32,
+    /// ICE ufrag.
+    pub ice_ufrag: String,
+    /// ICE password.
+    pub ice_pwd: String,
+}
+
+/// Persistent counters so ids stay unique across control restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IdCounters {
+    /// Next transport id.
+    pub transport: u32,
+    /// Next track id.
+    pub track: u32,
+    /// Next leg id.
+    pub leg: u32,
+    /// Next SSRC seed.
+    pub ssrc: u32,
+}
+
+/// All rooms and sessions of this control process.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Rooms {
+    sessions: BTreeMap<String, Session>,
+    ids: IdCounters,
+    #[serde(skip)]
+    shard_load: Vec<usize>,
+}
+
+fn ext_pairs(e: &crate::sdp::ExtIds) -> Vec<(String, u8)> {
+    [
+        ("mid", e.mid),
+        ("rid", e.rid),
+        ("rrid", e.rrid),
+        ("abs_send_time", e.abs_send_time),
+        ("twcc", e.twcc),
+        ("audio_level", e.audio_level),
+        ("dependency_descriptor", e.dependency_descriptor),
+        ("video_orientation", e.video_orientation),
+        ("toffset", e.toffset),
+        ("playout_delay", e.playout_delay),
+    ]
+    .into_iter()
+    .filter(|(_, id)| *id != 0)
+    .map(|(n, id)| (n.to_string(), id))
+    .collect()
+}
+
+fn ext_id(slot: &MediaSlot, name: &str) -> u8 {
+    slot.ext
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, id)| *id)
+}
+
+fn codec_number(name: &str) -> u8 {
+    match name.to_ascii_lowercase().as_str() {
+        "opus" => 0,
+        "vp8" => 1,
+        "vp9" => 2,
+        "h264" => 3,
+        "av1" => 4,
+        _ => 255,
+    }
+}
+
+fn short(s: &str) -> ShortStr {
+    ShortStr::from_bytes(s.as_bytes()).unwrap_or_default()
+}
+
+impl Rooms {
+    /// Empty state for an engine with `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Rooms {
+            sessions: BTreeMap::new(),
+            ids: IdCounters {
+                transport: 1,
+                track: 1,
+                leg: 1,
+                ssrc: 0x1000_0000,
+            },
+            shard_load: vec![0; shards.max(1)],
+        }
+    }
+
+    /// Restore from persisted JSON (control restart). Sessions still connecting are dropped
+    /// (their DTLS handshake died with the previous process); the returned commands remove
+    /// their transports. `live_transports` are the transports the engine still has.
+    pub fn restore(json: &str, shards: usize, live_transports: &[u32]) -> (Self, Vec<EngineCmd>) {
+        let mut r: Rooms = serde_json::from_str(json).unwrap_or_else(|_| Rooms::new(shards));
+        r.shard_load = vec![0; shards.max(1)];
+        let mut cmds = Vec::new();
+        let ids: Vec<String> = r.sessions.keys().cloned().collect();
+        for id in ids {
+            let keep = r.sessions.get(&id).is_some_and(|s| {
+                s.state == SessionState::Connected
+                    && s.shard < shards
+                    && live_transports.contains(&s.transport)
+            });
+            if !keep {
+                cmds.extend(r.remove_session(&id).unwrap_or_default());
+            }
+        }
+        for s in r.sessions.values() {
+            if let Some(l) = r.shard_load.get_mut(s.shard) {
+                *l += 1;
+            }
+        }
+        (r, cmds)
+    }
+
+    /// Serialize for persistence.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// All sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// One session.
+    pub fn session(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    /// Room names with their sessions.
+    pub fn rooms(&self) -> BTreeMap<&str, Vec<&Session>> {
+        let mut m: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
+        for s in self.sessions.values() {
+            m.entry(s.room.as_str()).or_default().push(s);
+        }
+        m
+    }
+
+    /// Session owning engine transport `transport`.
+    pub fn by_transport(&self, transport: u32) -> Option<&Session> {
+        self.sessions.values().find(|s| s.transport == transport)
+    }
+
+    /// Reserve a shard, a transport and ICE credentials for a new session (before the SDP
+    /// answer is written). Checks capacity; nothing is recorded until [`Rooms::create_session`].
+    pub fn allocate(
+        &mut self,
+        room: &str,
+        kind: SessionKind,
+        rand_bytes: &dyn Fn(&mut [u8]),
+    ) -> Result<Allocation, RoomError> {
+        let room_sessions = self.sessions.values().filter(|s| s.room == room).count();
+        if room_sessions == 0 && self.rooms().len() >= MAX_ROOMS {
+            return Err(RoomError::Capacity("too many rooms"));
+        }
+        if room_sessions >= MAX_SESSIONS_PER_ROOM {
+            return Err(RoomError::Capacity("room is full"));
+        }
+        if kind == SessionKind::Publisher {
+            let pubs = self
+                .sessions
+                .values()
+                .filter(|s| s.room == room && s.kind == SessionKind::Publisher)
+                .count();
+            if pubs >= MAX_PUBLISHERS_PER_ROOM {
+                return Err(RoomError::StageFull);
+            }
+        }
+        let pending = self
+            .sessions
+            .values()
+            .filter(|s| s.state == SessionState::Connecting)
+            .count();
+        if pending >= MAX_PENDING_SESSIONS {
+            return Err(RoomError::Capacity("too many sessions connecting"));
+        }
+        let shard = self
+            .shard_load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| **l)
+            .map_or(0, |(i, _)| i);
+        let transport = self.ids.transport;
+        self.ids.transport = self.ids.transport.wrapping_add(1).max(1);
+        let mut b = [0u8; 24];
+        rand_bytes(&mut b);
+        // ICE chars are ALPHA / DIGIT / "+" / "/": hex is a subset.
+        let hex = |x: &[u8]| x.iter().map(|v| format!("{v:02x}")).collect::<String>();
+        Ok(Allocation {
+            id: hex(&b[..8]),
+            shard,
+            transport,
+            ice_ufrag: hex(&b[8..12]),
+            ice_pwd: hex(&b[12..24]),
+        })
+    }
+
+    /// A fresh SSRC for a viewer m-line.
+    pub fn next_ssrc(&mut self) -> u32 {
+        self.ids.ssrc = self.ids.ssrc.wrapping_add(1).max(1);
+        self.ids.ssrc
+    }
+
+    /// Record a session whose answer was produced; returns the commands creating its transport.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_session(
+        &mut self,
+        a: &Allocation,
+        room: &str,
+        kind: SessionKind,
+        identity: Option<String>,
+        remote_fingerprint: String,
+        media: &[MediaInfo],
+        now_unix: u64,
+    ) -> Vec<EngineCmd> {
+        let mut slots = Vec::new();
+        for m in media {
+            let track = if kind == SessionKind::Publisher {
+                let t = self.ids.track;
+                self.ids.track = self.ids.track.wrapping_add(1).max(1);
+                t
+            } else {
+                0
+            };
+            slots.push(MediaSlot {
+                mid: m.mid.clone(),
+                video: m.kind == Kind::Video,
+                codec: m.codec.name.clone(),
+                pt: m.codec.pt,
+                rtx_pt: m.codec.rtx_pt.unwrap_or(0),
+                clock_rate: m.codec.clock_rate,
+                ext: ext_pairs(&m.ext),
+                rids: m.rids.clone(),
+                ssrcs: m.ssrcs.iter().map(|(s, r)| (*s, r.unwrap_or(0))).collect(),
+                send_ssrc: m.send_ssrc.unwrap_or(0),
+                send_rtx_ssrc: m.send_rtx_ssrc.unwrap_or(0),
+                track,
+                leg: None,
+                layer: 0,
+            });
+        }
+        let s = Session {
+            id: a.id.clone(),
+            room: room.to_string(),
+            kind,
+            identity,
+            shard: a.shard,
+            transport: a.transport,
+            ice_ufrag: a.ice_ufrag.clone(),
+            ice_pwd: a.ice_pwd.clone(),
+            remote_fingerprint,
+            state: SessionState::Connecting,
+            media: slots,
+            created: now_unix,
+        };
+        if let Some(l) = self.shard_load.get_mut(a.shard) {
+            *l += 1;
+        }
+        self.sessions.insert(a.id.clone(), s);
+        vec![EngineCmd::AddTransport {
+            shard: a.shard,
+            transport: a.transport,
+            ufrag: a.ice_ufrag.clone(),
+            pwd: a.ice_pwd.clone(),
+        }]
+    }
+
+    fn track_spec(&self, s: &Session, m: &MediaSlot) -> TrackSpec {
+        let mut encodings = [EncodingSpec::default(); 3];
+        let n = if m.rids.is_empty() {
+            if let Some((ssrc, rtx)) = m.ssrcs.first() {
+                encodings[0].ssrc = *ssrc;
+                encodings[0].rtx_ssrc = *rtx;
+            }
+            1
+        } else {
+            for (i, r) in m.rids.iter().take(3).enumerate() {
+                encodings[i].rid = short(r);
+            }
+            m.rids.len().min(3)
+        };
+        TrackSpec {
+            track: m.track,
+            transport: s.transport,
+            home_shard: s.shard as u16,
+            kind: if m.video {
+                MediaKind::Video
+            } else {
+                MediaKind::Audio
+            },
+            codec: codec_number(&m.codec),
+            clock_rate: m.clock_rate,
+            pt: m.pt & 0x7f,
+            rtx_pt: m.rtx_pt & 0x7f,
+            mid: short(&m.mid),
+            mid_ext: ext_id(m, "mid"),
+            rid_ext: ext_id(m, "rid"),
+            rrid_ext: ext_id(m, "rrid"),
+            twcc_ext: ext_id(m, "twcc"),
+            n_encodings: n as u8,
+            encodings,
+        }
+    }
+
+    /// The publisher track (session, slot index) that should feed a viewer slot of this kind
+    /// and codec: the oldest connected publisher in the room with such a track.
+    fn feeder(&self, room: &str, video: bool, codec: &str) -> Option<(String, usize)> {
+        self.sessions
+            .values()
+            .filter(|p| {
+                p.room == room
+                    && p.kind == SessionKind::Publisher
+                    && p.state == SessionState::Connected
+            })
+            .min_by_key(|p| (p.created, p.id.clone()))
+            .and_then(|p| {
+                p.media
+                    .iter()
+                    .position(|m| m.video == video && m.codec.eq_ignore_ascii_case(codec))
+                    .map(|i| (p.id.clone(), i))
+            })
+    }
+
+    fn leg_for(&mut self, viewer: &Session, slot: &MediaSlot, feeder: &MediaSlot) -> LegSpec {
+        let leg = self.ids.leg;
+        self.ids.leg = self.ids.leg.wrapping_add(1).max(1);
+        let mut ext_map = [(0u8, 0u8); 16];
+        let mut n = 0;
+        for (name, from) in &feeder.ext {
+            let to = ext_id(slot, name);
+            if to != 0 && n < ext_map.len() && !matches!(name.as_str(), "rid" | "rrid" | "twcc") {
+                ext_map[n] = (*from, to);
+                n += 1;
+            }
+        }
+        let layer = if feeder.rids.is_empty() {
+            0
+        } else {
+            slot.layer
+        };
+        LegSpec {
+            leg,
+            track: feeder.track,
+            transport: viewer.transport,
+            ssrc: slot.send_ssrc,
+            rtx_ssrc: if slot.rtx_pt != 0 {
+                slot.send_rtx_ssrc
+            } else {
+                0
+            },
+            pt: slot.pt & 0x7f,
+            rtx_pt: if slot.send_rtx_ssrc != 0 {
+                slot.rtx_pt & 0x7f
+            } else {
+                0
+            },
+            layer,
+            twcc_ext: ext_id(slot, "twcc"),
+            n_ext_map: n as u8,
+            ext_map,
+        }
+    }
+
+    /// Map every unfed slot of `viewer_id` to the room's current publisher tracks.
+    fn feed_viewer(&mut self, viewer_id: &str) -> Vec<EngineCmd> {
+        let mut cmds = Vec::new();
+        let Some(v) = self.sessions.get(viewer_id).cloned() else {
+            return cmds;
+        };
+        if v.state != SessionState::Connected || v.kind != SessionKind::Viewer {
+            return cmds;
+        }
+        for (i, slot) in v.media.iter().enumerate() {
+            if slot.leg.is_some() {
+                continue;
+            }
+            let Some((pid, mi)) = self.feeder(&v.room, slot.video, &slot.codec) else {
+                continue;
+            };
+            let Some(feeder) = self
+                .sessions
+                .get(&pid)
+                .and_then(|p| p.media.get(mi))
+                .cloned()
+            else {
+                continue;
+            };
+            let spec = self.leg_for(&v, slot, &feeder);
+            if let Some(s) = self
+                .sessions
+                .get_mut(viewer_id)
+                .and_then(|s| s.media.get_mut(i))
+            {
+                s.leg = Some((spec.leg, spec.track));
+            }
+            cmds.push(EngineCmd::AddLeg {
+                shard: v.shard,
+                spec,
+            });
+        }
+        cmds
+    }
+
+    /// DTLS finished for `id`: install keys, publish its tracks / feed it.
+    pub fn handle_connected(
+        &mut self,
+        id: &str,
+        keys: SrtpKeys,
+    ) -> Result<Vec<EngineCmd>, RoomError> {
+        let s = self.sessions.get_mut(id).ok_or(RoomError::UnknownSession)?;
+        s.state = SessionState::Connected;
+        let s = s.clone();
+        let mut cmds = vec![EngineCmd::InstallSrtp {
+            shard: s.shard,
+            transport: s.transport,
+            keys,
+        }];
+        match s.kind {
+            SessionKind::Publisher => {
+                for m in &s.media {
+                    cmds.push(EngineCmd::AddTrack(self.track_spec(&s, m)));
+                }
+                let viewers: Vec<String> = self
+                    .sessions
+                    .values()
+                    .filter(|v| v.room == s.room && v.kind == SessionKind::Viewer)
+                    .map(|v| v.id.clone())
+                    .collect();
+                for v in viewers {
+                    cmds.extend(self.feed_viewer(&v));
+                }
+            }
+            SessionKind::Viewer => cmds.extend(self.feed_viewer(id)),
+        }
+        Ok(cmds)
+    }
+
+    /// The engine reports the publisher's track now has `layers_active` encodings: move
+    /// automatically-placed viewer legs up to the highest one.
+    pub fn handle_track_layers(&mut self, track: u32, layers_active: u8) -> Vec<EngineCmd> {
+        let mut cmds = Vec::new();
+        if layers_active < 2 {
+            return cmds;
+        }
+        let target = (layers_active - 1).min(2);
+        for v in self.sessions.values_mut() {
+            if v.kind != SessionKind::Viewer {
+                continue;
+            }
+            for slot in &mut v.media {
+                if let Some((leg, t)) = slot.leg {
+                    if t == track && slot.video && slot.layer < target {
+                        slot.layer = target;
+                        cmds.push(EngineCmd::SelectLayer {
+                            shard: v.shard,
+                            leg,
+                            layer: target,
+                        });
+                    }
+                }
+            }
+        }
+        cmds
+    }
+
+    /// Remove a session (DELETE, consent lost, failed DTLS, timeout): its transport, its tracks
+    /// (publisher) and every leg they fed; viewers it fed are re-mapped to the next publisher.
+    pub fn remove_session(&mut self, id: &str) -> Result<Vec<EngineCmd>, RoomError> {
+        let s = self.sessions.remove(id).ok_or(RoomError::UnknownSession)?;
+        if let Some(l) = self.shard_load.get_mut(s.shard) {
+            *l = l.saturating_sub(1);
+        }
+        let mut cmds = Vec::new();
+        let mut refeed = Vec::new();
+        if s.kind == SessionKind::Publisher {
+            let tracks: Vec<u32> = s.media.iter().map(|m| m.track).collect();
+            for v in self.sessions.values_mut() {
+                for slot in &mut v.media {
+                    if let Some((leg, t)) = slot.leg {
+                        if tracks.contains(&t) {
+                            cmds.push(EngineCmd::RemoveLeg {
+                                shard: v.shard,
+                                leg,
+                            });
+                            slot.leg = None;
+                            slot.layer = 0;
+                            refeed.push(v.id.clone());
+                        }
+                    }
+                }
+            }
+            for t in tracks {
+                cmds.push(EngineCmd::RemoveTrack { track: t });
+            }
+        }
+        cmds.push(EngineCmd::RemoveTransport {
+            shard: s.shard,
+            transport: s.transport,
+        });
+        refeed.dedup();
+        for v in refeed {
+            cmds.extend(self.feed_viewer(&v));
+        }
+        Ok(cmds)
+    }
+
+    /// Sessions still connecting after the timeout (to be removed).
+    pub fn expired(&self, now_unix: u64) -> Vec<String> {
+        self.sessions
+            .values()
+            .filter(|s| {
+                s.state == SessionState::Connecting
+                    && now_unix.saturating_sub(s.created) > CONNECT_TIMEOUT_SECS
+            })
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// The engine restarted: every transport is gone. Forget all sessions (clients reconnect).
+    pub fn handle_engine_restart(&mut self) -> Vec<Session> {
+        let gone: Vec<Session> = std::mem::take(&mut self.sessions).into_values().collect();
+        self.shard_load.iter_mut().for_each(|l| *l = 0);
+        gone
+    }
+
+    /// Codec names of the room's current publisher (to prefer in a viewer's answer).
+    pub fn publisher_codecs(&self, room: &str) -> (Vec<String>, Vec<String>) {
+        let mut video = Vec::new();
+        let mut audio = Vec::new();
+        let mut pubs: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|p| p.room == room && p.kind == SessionKind::Publisher)
+            .collect();
+        pubs.sort_by_key(|p| p.created);
+        for p in pubs {
+            for m in &p.media {
+                let list = if m.video { &mut video } else { &mut audio };
+                if !list.contains(&m.codec) {
+                    list.push(m.codec.clone());
+                }
+            }
+        }
+        (video, audio)
+    }
+
+    /// Count sessions by shard (for tests and stats).
+    pub fn shard_load(&self) -> &[usize] {
+        &self.shard_load
+    }
+
+    /// Per-room counts.
+    pub fn room_counts(&self) -> HashMap<String, (usize, usize)> {
+        let mut m: HashMap<String, (usize, usize)> = HashMap::new();
+        for s in self.sessions.values() {
+            let e = m.entry(s.room.clone()).or_default();
+            match s.kind {
+                SessionKind::Publisher => e.0 += 1,
+                SessionKind::Viewer => e.1 += 1,
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::{Codec, ExtIds};
+
+    fn media(
+        mid: &str,
+        kind: Kind,
+        codec: &str,
+        pt: u8,
+        rids: &[&str],
+        send: Option<u32>,
+    ) -> MediaInfo {
+        MediaInfo {
+            mid: mid.into(),
+            kind,
+            codec: Codec {
+                name: codec.into(),
+                pt,
+                clock_rate: if kind == Kind::Video { 90_000 } else { 48_000 },
+                channels: None,
+                fmtp: None,
+                rtx_pt: (kind == Kind::Video).then_some(pt + 1),
+                rtcp_fb: vec![],
+            },
+            ext: ExtIds {
+                mid: 4,
+                rid: if rids.is_empty() { 0 } else { 10 },
+                twcc: 3,
+                ..ExtIds::default()
+            },
+            rids: rids.iter().map(|r| r.to_string()).collect(),
+            ssrcs: vec![],
+            send_ssrc: send,
+            send_rtx_ssrc: send.map(|s| s + 1),
+        }
+    }
+
+    fn keys() -> SrtpKeys {
+        SrtpKeys {
+            profile: 7,
+            client_key: vec![1; 16],
+            client_salt: vec![2; 12],
+            server_key: vec![3; 16],
+            server_salt: vec![4; 12],
+        }
+    }
+
+    fn rnd(seed: u8) -> impl Fn(&mut [u8]) {
+        move |b: &mut [u8]| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = seed.wrapping_mul(31).wrapping_add(i as u8);
+            }
+        }
+    }
+
+    fn join(
+        r: &mut Rooms,
+        room: &str,
+        kind: SessionKind,
+        seed: u8,
+        t: u64,
+    ) -> (String, Vec<EngineCmd>) {
+        let a = r.allocate(room, kind, &rnd(seed)).expect("capacity");
+        let m = match kind {
+            SessionKind::Publisher => vec![
+                media("0", Kind::Audio, "opus", 111, &[], None),
+                media("1", Kind::Video, "VP8", 96, &["q", "h", "f"], None),
+            ],
+            SessionKind::Viewer => {
+                let (s1, s2) = (r.next_ssrc(), r.next_ssrc());
+                let _ = r.next_ssrc();
+                vec![
+                    media("0", Kind::Audio, "opus", 111, &[], Some(s1)),
+                    media("1", Kind::Video, "VP8", 100, &[], Some(s2)),
+                ]
+            }
+        };
+        let cmds = r.create_session(&a, room, kind, None, "sha-256 AA".into(), &m, t);
+        (a.id, cmds)
+    }
+
+    fn legs(cmds: &[EngineCmd]) -> Vec<LegSpec> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                EngineCmd::AddLeg { spec, .. } => Some(*spec),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publisher_then_viewer_gets_both_tracks() {
+        let mut r = Rooms::new(2);
+        let (p, cmds) = join(&mut r, "a", SessionKind::Publisher, 1, 10);
+        assert!(matches!(cmds[0], EngineCmd::AddTransport { .. }));
+        let cmds = r.handle_connected(&p, keys()).expect("known");
+        assert!(matches!(cmds[0], EngineCmd::InstallSrtp { .. }));
+        let tracks: Vec<TrackSpec> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                EngineCmd::AddTrack(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tracks.len(), 2);
+        assert_eq!(tracks[1].n_encodings, 3);
+        assert_eq!(tracks[1].rid_ext, 10);
+        assert_eq!(tracks[1].encodings[2].rid.as_bytes(), b"f");
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 11);
+        let cmds = r.handle_connected(&v, keys()).expect("known");
+        let l = legs(&cmds);
+        assert_eq!(l.len(), 2, "audio and video fed");
+        let video = l
+            .iter()
+            .find(|x| x.track == tracks[1].track)
+            .expect("video leg");
+        assert_eq!(video.pt, 100, "the viewer's payload type");
+        assert_eq!(video.rtx_pt, 101);
+        assert_ne!(video.ssrc, 0);
+        assert_eq!(video.twcc_ext, 3);
+        // mid mapped, rid/twcc not copied through the map
+        assert_eq!(&video.ext_map[..usize::from(video.n_ext_map)], &[(4, 4)]);
+        // sessions are spread over shards
+        assert_eq!(r.shard_load(), &[1, 1]);
+    }
+
+    #[test]
+    fn viewer_before_publisher_is_fed_when_it_arrives_and_refed_after_it_leaves() {
+        let mut r = Rooms::new(1);
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 1, 10);
+        let cmds = r.handle_connected(&v, keys()).expect("known");
+        assert!(legs(&cmds).is_empty(), "nobody to watch yet");
+        let (p1, _) = join(&mut r, "a", SessionKind::Publisher, 2, 11);
+        let cmds = r.handle_connected(&p1, keys()).expect("known");
+        assert_eq!(
+            legs(&cmds).len(),
+            2,
+            "the waiting viewer is fed without renegotiation"
+        );
+        let (p2, _) = join(&mut r, "a", SessionKind::Publisher, 3, 12);
+        let cmds = r.handle_connected(&p2, keys()).expect("known");
+        assert!(
+            legs(&cmds).is_empty(),
+            "slots are taken by the first publisher"
+        );
+        let cmds = r.remove_session(&p1).expect("known");
+        let removed = cmds
+            .iter()
+            .filter(|c| matches!(c, EngineCmd::RemoveLeg { .. }))
+            .count();
+        assert_eq!(removed, 2);
+        assert_eq!(
+            cmds.iter()
+                .filter(|c| matches!(c, EngineCmd::RemoveTrack { .. }))
+                .count(),
+            2
+        );
+        let refed = legs(&cmds);
+        assert_eq!(
+            refed.len(),
+            2,
+            "the viewer's slots now show the second publisher"
+        );
+        let p2_tracks: Vec<u32> = r
+            .session(&p2)
+            .expect("p2")
+            .media
+            .iter()
+            .map(|m| m.track)
+            .collect();
+        assert!(refed.iter().all(|l| p2_tracks.contains(&l.track)));
+    }
+
+    #[test]
+    fn layer_upgrades_follow_the_publishers_active_layers() {
+        let mut r = Rooms::new(1);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 10);
+        r.handle_connected(&p, keys()).expect("known");
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 11);
+        let cmds = r.handle_connected(&v, keys()).expect("known");
+        let video = legs(&cmds)
+            .into_iter()
+            .find(|l| l.layer == 0 && l.pt == 100)
+            .expect("video");
+        assert!(r.handle_track_layers(video.track, 1).is_empty());
+        let up = r.handle_track_layers(video.track, 3);
+        assert_eq!(
+            up,
+            vec![EngineCmd::SelectLayer {
+                shard: 0,
+                leg: video.leg,
+                layer: 2
+            }]
+        );
+        assert!(
+            r.handle_track_layers(video.track, 3).is_empty(),
+            "only once"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut r = Rooms::new(1);
+        for i in 0..MAX_PUBLISHERS_PER_ROOM {
+            join(&mut r, "a", SessionKind::Publisher, i as u8, 1);
+        }
+        assert_eq!(
+            r.allocate("a", SessionKind::Publisher, &rnd(99))
+                .unwrap_err(),
+            RoomError::StageFull
+        );
+        assert!(r.allocate("a", SessionKind::Viewer, &rnd(99)).is_ok());
+    }
+
+    #[test]
+    fn unconnected_sessions_expire_and_restore_keeps_only_live_ones() {
+        let mut r = Rooms::new(1);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 100);
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 100);
+        r.handle_connected(&p, keys()).expect("known");
+        assert_eq!(r.expired(100 + CONNECT_TIMEOUT_SECS + 1), vec![v.clone()]);
+        let json = r.to_json();
+        let pt = r.session(&p).expect("p").transport;
+        let (restored, cmds) = Rooms::restore(&json, 1, &[pt]);
+        assert!(
+            restored.session(&p).is_some(),
+            "connected + live transport kept"
+        );
+        assert!(restored.session(&v).is_none(), "half-open session dropped");
+        assert!(cmds
+            .iter()
+            .any(|c| matches!(c, EngineCmd::RemoveTransport { .. })));
+        let (gone, _) = Rooms::restore(&json, 1, &[]);
+        assert_eq!(gone.sessions().count(), 0, "engine lost everything");
+        let (fresh, _) = Rooms::restore("not json", 1, &[]);
+        assert_eq!(fresh.sessions().count(), 0);
+    }
+}
