@@ -33,7 +33,7 @@ enum Send {
 #[derive(Parser, Debug)]
 #[command(name = "ils-engine", version, about, long_about = None)]
 pub struct Args {
-    /// Number of shards (one pinned thread and one UDP port each). Default: all cores.
+    /// Number of shards (one pinned thread and one UDP port each). Default (or 0): all cores.
     #[arg(long, env = "ILS_CORES")]
     cores: Option<usize>,
     /// IP address media sockets bind to.
@@ -103,7 +103,8 @@ where
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    let cores = args.cores.unwrap_or_else(|| {
+    // 0 (or no flag) = one shard per available core
+    let cores = args.cores.filter(|&n| n > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
