@@ -32,7 +32,7 @@ cargo fmt --all -- --check
 
 step "build (all targets, release binaries used by the cross-process tests)"
 cargo build --workspace --all-targets
-cargo build --release -p ils-engine
+cargo build --release -p ils-engine -p ils-control
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
