@@ -42,8 +42,9 @@ pub use ring::{Consumer, Full, Producer};
 /// Region magic, the first 8 bytes of the memfd.
 pub const MAGIC: [u8; 8] = *b"ILS-SHM\0";
 /// ABI version. Bump on ANY change to the header, ring, counter or message layouts (see
-/// `docs/shm-contract.md`, "ABI versioning rule").
-pub const ABI_VERSION: u32 = 1;
+/// `docs/shm-contract.md`, "ABI versioning rule"). History: 1 = initial contract; 2 = added
+/// `Command::RestartIce` (kind 0x010C).
+pub const ABI_VERSION: u32 = 2;
 /// Bytes per ring slot; one message per slot (header + body must fit).
 pub const SLOT_SIZE: usize = 2048;
 /// Largest `DtlsIn` / `SendDatagram` payload in bytes (one UDP datagram at a 1500-byte path MTU).

@@ -72,6 +72,8 @@ pub mod kinds {
     pub const REQUEST_KEYFRAME: u16 = 0x010A;
     /// `Command::DumpState`
     pub const DUMP_STATE: u16 = 0x010B;
+    /// `Command::RestartIce` (ABI 2)
+    pub const RESTART_ICE: u16 = 0x010C;
     /// `Event::DtlsIn`
     pub const DTLS_IN: u16 = 0x0201;
     /// `Event::TupleLearned`
@@ -119,7 +121,7 @@ const fn k(
 }
 
 /// Every command kind with its body bounds (the source of the size table and the doc table).
-pub const COMMAND_KINDS: [KindInfo; 11] = [
+pub const COMMAND_KINDS: [KindInfo; 12] = [
     k(
         kinds::ADD_TRANSPORT,
         "AddTransport",
@@ -173,6 +175,13 @@ pub const COMMAND_KINDS: [KindInfo; 11] = [
         5,
     ),
     k(kinds::DUMP_STATE, "DumpState", "cmd.DumpState", 0, 0),
+    k(
+        kinds::RESTART_ICE,
+        "RestartIce",
+        "cmd.RestartIce",
+        6,
+        6 + MAX_UFRAG_LEN + MAX_PWD_LEN,
+    ),
 ];
 
 /// Every event kind with its body bounds.
@@ -549,6 +558,18 @@ pub enum Command<'a> {
     },
     /// Shard answers with State* events then DumpDone (control reconciles after restart).
     DumpState,
+    /// ICE restart (RFC 8445 §9, WHIP/WHEP PATCH): replace the transport's local ICE credentials
+    /// (ufrag <= 32, pwd <= 64 bytes, as `AddTransport`). SRTP keys, tracks and legs stay; the
+    /// current validated tuples keep carrying DTLS/SRTP until the first authenticated check with
+    /// the new credentials; checks with the old ufrag get no reply from then on.
+    RestartIce {
+        /// Transport handle.
+        transport: u32,
+        /// New local ICE ufrag.
+        ufrag: &'a [u8],
+        /// New local ICE password.
+        pwd: &'a [u8],
+    },
 }
 
 /// Shard -> control events.
@@ -980,6 +1001,7 @@ impl<'a> Command<'a> {
             Command::SelectLayer { .. } => kinds::SELECT_LAYER,
             Command::RequestKeyframe { .. } => kinds::REQUEST_KEYFRAME,
             Command::DumpState => kinds::DUMP_STATE,
+            Command::RestartIce { .. } => kinds::RESTART_ICE,
         }
     }
 
@@ -1041,6 +1063,17 @@ impl<'a> Command<'a> {
                 w.u8(*layer)
             }
             Command::DumpState => Ok(()),
+            Command::RestartIce {
+                transport,
+                ufrag,
+                pwd,
+            } => {
+                w.u32(*transport)?;
+                w.tail_len(ufrag, MAX_UFRAG_LEN, "ufrag_len")?;
+                w.tail_len(pwd, MAX_PWD_LEN, "pwd_len")?;
+                w.bytes(ufrag)?;
+                w.bytes(pwd)
+            }
         })
     }
 
@@ -1105,6 +1138,16 @@ impl<'a> Command<'a> {
                 layer: r.layer()?,
             },
             kinds::DUMP_STATE => Command::DumpState,
+            kinds::RESTART_ICE => {
+                let transport = r.u32()?;
+                let ul = r.bounded_len(MAX_UFRAG_LEN, "ufrag_len")?;
+                let pl = r.bounded_len(MAX_PWD_LEN, "pwd_len")?;
+                Command::RestartIce {
+                    transport,
+                    ufrag: r.take(ul)?,
+                    pwd: r.take(pl)?,
+                }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1396,6 +1439,11 @@ pub(crate) mod tests {
             Command::SelectLayer { leg: 9, layer: 2 },
             Command::RequestKeyframe { track: 5, layer: 0 },
             Command::DumpState,
+            Command::RestartIce {
+                transport: 1,
+                ufrag: b"uf",
+                pwd: b"pw",
+            },
         ]
     }
 
@@ -1507,6 +1555,7 @@ pub(crate) mod tests {
             "0901 0500 01000000 09000000 02".into(),
             "0a01 0500 01000000 05000000 00".into(),
             "0b01 0000 01000000".into(),
+            "0c01 0a00 01000000 01000000 02 02 7566 7077".into(),
         ]
     }
 
@@ -1783,6 +1832,76 @@ pub(crate) mod tests {
         );
     }
 
+    /// RestartIce: the same credential bounds as AddTransport, and the body length must equal
+    /// `6 + ufrag_len + pwd_len` exactly.
+    #[test]
+    fn restart_ice_hostile_decode() {
+        let ok = enc_cmd(
+            &Command::RestartIce {
+                transport: 9,
+                ufrag: b"abcd",
+                pwd: &[b'p'; 64],
+            },
+            3,
+        );
+        assert_eq!(ok.len(), 8 + 6 + 4 + 64);
+        assert!(matches!(
+            Command::decode(&ok),
+            Ok((3, Command::RestartIce { transport: 9, ufrag: b"abcd", pwd })) if pwd == [b'p'; 64]
+        ));
+        // ufrag_len / pwd_len beyond the contract
+        let mut u = ok.clone();
+        u[12] = 33;
+        assert_eq!(Command::decode(&u), Err(DecodeError::BadValue("ufrag_len")));
+        let mut p = ok.clone();
+        p[13] = 65;
+        assert_eq!(Command::decode(&p), Err(DecodeError::BadValue("pwd_len")));
+        // inner lengths that disagree with body_len (too short / too long)
+        let mut s = ok.clone();
+        s[13] = 63;
+        assert_eq!(Command::decode(&s), Err(DecodeError::BadLength));
+        let mut l = ok.clone();
+        l[12] = 5;
+        assert_eq!(Command::decode(&l), Err(DecodeError::BadLength));
+        // body_len beyond the kind's max (6 + 32 + 64)
+        let mut big = vec![0u8; SLOT_SIZE];
+        big[..ok.len()].copy_from_slice(&ok);
+        big[2..4].copy_from_slice(&103u16.to_le_bytes());
+        assert_eq!(Command::decode(&big), Err(DecodeError::BadLength));
+        // body shorter than the fixed part
+        let mut f = ok.clone();
+        f[2..4].copy_from_slice(&5u16.to_le_bytes());
+        assert_eq!(Command::decode(&f), Err(DecodeError::BadLength));
+        // every truncation is an error, and encode refuses out-of-domain credentials
+        for n in 0..ok.len() {
+            assert!(Command::decode(&ok[..n]).is_err(), "truncated to {n}");
+        }
+        let mut out = [0u8; SLOT_SIZE];
+        assert_eq!(
+            Command::RestartIce {
+                transport: 1,
+                ufrag: &[b'u'; 33],
+                pwd: b"",
+            }
+            .encode(1, &mut out),
+            Err(DecodeError::BadValue("ufrag_len"))
+        );
+        assert_eq!(
+            Command::RestartIce {
+                transport: 1,
+                ufrag: b"",
+                pwd: &[b'p'; 65],
+            }
+            .encode(1, &mut out),
+            Err(DecodeError::BadValue("pwd_len"))
+        );
+        // an event ring never carries it
+        assert_eq!(
+            Event::decode(&ok),
+            Err(DecodeError::UnknownKind(kinds::RESTART_ICE))
+        );
+    }
+
     #[test]
     fn encode_rejects_out_of_domain() {
         let mut out = [0u8; SLOT_SIZE];
@@ -1904,7 +2023,7 @@ pub(crate) mod tests {
 
     proptest! {
         #[test]
-        fn command_round_trip(sel in 0usize..11, seq in any::<u32>(), a in any::<u32>(), b in any::<u32>(),
+        fn command_round_trip(sel in 0usize..12, seq in any::<u32>(), a in any::<u32>(), b in any::<u32>(),
                               p16 in any::<u16>(), layer in 0u8..3,
                               ufrag in vec(any::<u8>(), 0..=32), pwd in vec(any::<u8>(), 0..=64),
                               k1 in vec(any::<u8>(), 0..=32), s1 in vec(any::<u8>(), 0..=14),
@@ -1921,7 +2040,8 @@ pub(crate) mod tests {
                 7 => Command::RemoveLeg { leg: a },
                 8 => Command::SelectLayer { leg: a, layer },
                 9 => Command::RequestKeyframe { track: a, layer },
-                _ => Command::DumpState,
+                10 => Command::DumpState,
+                _ => Command::RestartIce { transport: a, ufrag: &ufrag, pwd: &pwd },
             };
             let mut out = [0u8; SLOT_SIZE];
             let n = c.encode(seq, &mut out).unwrap();
@@ -1972,8 +2092,12 @@ pub(crate) mod tests {
 
         #[test]
         fn arbitrary_body_with_valid_header_never_panics(
-            ci in 0usize..11, ev in any::<bool>(), len in any::<u16>(), body in vec(any::<u8>(), 0..1600)) {
-            let kind = if ev { EVENT_KINDS[ci].kind } else { COMMAND_KINDS[ci].kind };
+            ci in 0usize..64, ev in any::<bool>(), len in any::<u16>(), body in vec(any::<u8>(), 0..1600)) {
+            let kind = if ev {
+                EVENT_KINDS[ci % EVENT_KINDS.len()].kind
+            } else {
+                COMMAND_KINDS[ci % COMMAND_KINDS.len()].kind
+            };
             let mut b = Vec::with_capacity(8 + body.len());
             b.extend_from_slice(&kind.to_le_bytes());
             // half the time use the exact body length to get past framing
@@ -1988,8 +2112,9 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn mutated_valid_messages_never_panic(i in 0usize..11, pos in any::<usize>(), v in any::<u8>(), ev in any::<bool>()) {
-            let mut b = if ev { enc_evt(&sample_events()[i], 1) } else { enc_cmd(&sample_commands()[i], 1) };
+        fn mutated_valid_messages_never_panic(i in 0usize..64, pos in any::<usize>(), v in any::<u8>(), ev in any::<bool>()) {
+            let (evs, cmds) = (sample_events(), sample_commands());
+            let mut b = if ev { enc_evt(&evs[i % evs.len()], 1) } else { enc_cmd(&cmds[i % cmds.len()], 1) };
             let p = pos % b.len();
             b[p] = v;
             let _ = Command::decode(&b);

@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn attach_refuses_abi_mismatch_naming_the_field() {
         expect_mismatch("magic", u64::from_le_bytes(*b"ILS-SHM\x01"));
-        expect_mismatch("abi_version", 2);
+        expect_mismatch("abi_version", u64::from(ABI_VERSION) + 1);
         expect_mismatch("size_table_len", 3);
         for e in size_table() {
             expect_mismatch(e.name, e.value as u64 + 1);
