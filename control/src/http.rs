@@ -26,7 +26,7 @@ use crate::auth::{self, Role, Secret};
 use crate::config::Settings;
 use crate::dtls::DtlsDriver;
 use crate::engine_link::{EngineLink, LinkEvent};
-use crate::room::{EngineCmd, Rooms, SessionKind};
+use crate::room::{decide_patch, EngineCmd, PatchDecision, Rooms, SessionKind};
 use crate::sdp::{self, LocalParams, Preferences};
 
 /// DTLS datagrams queued per session between the engine and its handshake task; more are
@@ -136,78 +136,88 @@ impl App {
     /// Send room commands to the engine, in order.
     pub fn apply(&self, cmds: Vec<EngineCmd>) {
         for c in cmds {
-            let r = match &c {
-                EngineCmd::AddTransport {
-                    shard,
-                    transport,
-                    ufrag,
-                    pwd,
-                } => self.link.send(
-                    *shard,
-                    &Command::AddTransport {
-                        transport: *transport,
-                        ufrag: ufrag.as_bytes(),
-                        pwd: pwd.as_bytes(),
-                        consent_timeout_ms: (self
-                            .settings
-                            .consent_timeout_secs
-                            .saturating_mul(1000))
-                        .min(u64::from(u32::MAX))
-                            as u32,
-                    },
-                ),
-                EngineCmd::RemoveTransport { shard, transport } => {
-                    if let Ok(mut d) = self.dtls_inbound.lock() {
-                        d.remove(transport);
-                    }
-                    self.link.send(
-                        *shard,
-                        &Command::RemoveTransport {
-                            transport: *transport,
-                        },
-                    )
-                }
-                EngineCmd::InstallSrtp {
-                    shard,
-                    transport,
-                    keys,
-                } => self.link.send(
-                    *shard,
-                    &Command::InstallSrtp {
-                        transport: *transport,
-                        profile: keys.profile,
-                        rx_key: &keys.client_key,
-                        rx_salt: &keys.client_salt,
-                        tx_key: &keys.server_key,
-                        tx_salt: &keys.server_salt,
-                    },
-                ),
-                EngineCmd::AddTrack(spec) => {
-                    self.link.broadcast(&Command::AddTrack(*spec)).map(|_| 0)
-                }
-                EngineCmd::RemoveTrack { track } => self
-                    .link
-                    .broadcast(&Command::RemoveTrack { track: *track })
-                    .map(|_| 0),
-                EngineCmd::AddLeg { shard, spec } => {
-                    self.link.send(*shard, &Command::AddLeg(*spec))
-                }
-                EngineCmd::RemoveLeg { shard, leg } => {
-                    self.link.send(*shard, &Command::RemoveLeg { leg: *leg })
-                }
-                EngineCmd::SelectLayer { shard, leg, layer } => self.link.send(
-                    *shard,
-                    &Command::SelectLayer {
-                        leg: *leg,
-                        layer: *layer,
-                    },
-                ),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.send_cmd(&c) {
                 self.counters.link_full.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("engine command {c:?} not sent: {e}");
             }
         }
+    }
+
+    /// Send one room command to the engine (its shard, or every shard for tracks).
+    pub fn send_cmd(&self, c: &EngineCmd) -> Result<(), crate::engine_link::LinkError> {
+        let sent = match c {
+            EngineCmd::AddTransport {
+                shard,
+                transport,
+                ufrag,
+                pwd,
+            } => self.link.send(
+                *shard,
+                &Command::AddTransport {
+                    transport: *transport,
+                    ufrag: ufrag.as_bytes(),
+                    pwd: pwd.as_bytes(),
+                    consent_timeout_ms: (self.settings.consent_timeout_secs.saturating_mul(1000))
+                        .min(u64::from(u32::MAX)) as u32,
+                },
+            ),
+            EngineCmd::RemoveTransport { shard, transport } => {
+                if let Ok(mut d) = self.dtls_inbound.lock() {
+                    d.remove(transport);
+                }
+                self.link.send(
+                    *shard,
+                    &Command::RemoveTransport {
+                        transport: *transport,
+                    },
+                )
+            }
+            EngineCmd::InstallSrtp {
+                shard,
+                transport,
+                keys,
+            } => self.link.send(
+                *shard,
+                &Command::InstallSrtp {
+                    transport: *transport,
+                    profile: keys.profile,
+                    rx_key: &keys.client_key,
+                    rx_salt: &keys.client_salt,
+                    tx_key: &keys.server_key,
+                    tx_salt: &keys.server_salt,
+                },
+            ),
+            EngineCmd::AddTrack(spec) => self.link.broadcast(&Command::AddTrack(*spec)).map(|_| 0),
+            EngineCmd::RemoveTrack { track } => self
+                .link
+                .broadcast(&Command::RemoveTrack { track: *track })
+                .map(|_| 0),
+            EngineCmd::AddLeg { shard, spec } => self.link.send(*shard, &Command::AddLeg(*spec)),
+            EngineCmd::RemoveLeg { shard, leg } => {
+                self.link.send(*shard, &Command::RemoveLeg { leg: *leg })
+            }
+            EngineCmd::SelectLayer { shard, leg, layer } => self.link.send(
+                *shard,
+                &Command::SelectLayer {
+                    leg: *leg,
+                    layer: *layer,
+                },
+            ),
+            EngineCmd::RestartIce {
+                shard,
+                transport,
+                ufrag,
+                pwd,
+            } => self.link.send(
+                *shard,
+                &Command::RestartIce {
+                    transport: *transport,
+                    ufrag: ufrag.as_bytes(),
+                    pwd: pwd.as_bytes(),
+                },
+            ),
+        };
+        sent.map(|_| ())
     }
 }
 
@@ -428,6 +438,7 @@ async fn offer(
         &neg.media,
         now_unix(),
     );
+    rooms.set_remote_ice_ufrag(&alloc.id, &neg.remote_ufrag);
     app.persist(&rooms);
     drop(rooms);
     // The DTLS relay must exist before the engine can hand us the client's first flight.
@@ -540,6 +551,29 @@ async fn delete_session(
     }
 }
 
+/// ICE priority of our single host candidate in an ICE-restart answer (type preference 126,
+/// component 1): the value the SDP answer uses.
+pub const RESTART_CANDIDATE_PRIORITY: u32 = 2_130_706_431;
+
+/// The body of a `200 OK` to an ICE restart PATCH (RFC 9725 §4.3.2, RFC 8840 sdpfrag): we are
+/// ICE-lite, our new credentials, and our single host candidate (the transport's shard).
+pub fn restart_answer_frag(ufrag: &str, pwd: &str, candidate: SocketAddr) -> String {
+    format!(
+        "a=ice-lite\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+         a=candidate:1 1 udp {RESTART_CANDIDATE_PRIORITY} {} {} typ host\r\n\
+         a=end-of-candidates\r\n",
+        candidate.ip(),
+        candidate.port()
+    )
+}
+
+/// `PATCH` on a session (RFC 9725 §4.3): trickled candidates → 204 (an ICE-lite server learns
+/// candidates from the checks); new client credentials → ICE restart: new server credentials are
+/// installed in the engine (`RestartIce`; media keeps flowing on the current path until the client
+/// checks with them), the room state is updated and persisted, and the answer is `200 OK` with our
+/// new `a=ice-ufrag`/`a=ice-pwd` and candidate plus a new `ETag`. `If-Match` with an entity-tag
+/// other than the current one → 412. If the engine cannot take the command the session keeps its
+/// ICE state and the answer is 503.
 async fn patch_session(
     State(app): State<Arc<App>>,
     Path((room, id)): Path<(String, String)>,
@@ -562,26 +596,78 @@ async fn patch_session(
             "Content-Type must be application/trickle-ice-sdpfrag",
         );
     }
-    let rooms = app.rooms.lock().await;
+    let mut rooms = app.rooms.lock().await;
     let Some(s) = rooms.session(&id).filter(|s| s.room == room) else {
         return text(StatusCode::NOT_FOUND, "no such session in this room");
     };
     let frag = match std::str::from_utf8(&body)
-        .map_err(|_| ())
-        .and_then(|b| sdp::parse_sdpfrag(b).map_err(|_| ()))
+        .map_err(|_| "sdpfrag is not UTF-8".to_string())
+        .and_then(|b| sdp::parse_sdpfrag(b).map_err(|e| e.reason))
     {
         Ok(f) => f,
-        Err(()) => return text(StatusCode::BAD_REQUEST, "malformed trickle-ice-sdpfrag"),
+        Err(reason) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed trickle-ice-sdpfrag: {reason}"),
+            )
+        }
     };
-    match frag.ice_ufrag {
-        // An ICE-lite server learns candidates from connectivity checks: trickled candidates
-        // need no action.
-        None => StatusCode::NO_CONTENT.into_response(),
-        Some(u) if u == s.ice_ufrag => StatusCode::NO_CONTENT.into_response(),
-        Some(_) => text(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ICE restart is not supported yet: DELETE this session and POST a new offer",
-        ),
+    let if_match = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "If-Match is not ASCII"),
+    };
+    match decide_patch(s, frag.ice_ufrag.as_deref(), if_match) {
+        PatchDecision::PreconditionFailed => {
+            let mut r = text(
+                StatusCode::PRECONDITION_FAILED,
+                "If-Match does not match the session's current ETag",
+            );
+            if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            r
+        }
+        PatchDecision::Trickle => StatusCode::NO_CONTENT.into_response(),
+        PatchDecision::Restart => {
+            let remote = frag.ice_ufrag.unwrap_or_default();
+            let restart = match rooms.prepare_ice_restart(&id, &|b| ring_fill(b)) {
+                Ok(r) => r,
+                Err(e) => return text(status(e.status()), e.to_string()),
+            };
+            if let Err(e) = app.send_cmd(&restart.command()) {
+                app.counters.link_full.fetch_add(1, Ordering::Relaxed);
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "ICE restart not applied ({e}); the current ICE session is kept, try again"
+                    ),
+                );
+            }
+            let etag = match rooms.commit_ice_restart(&restart, &remote) {
+                Ok(t) => t,
+                Err(e) => return text(status(e.status()), e.to_string()),
+            };
+            app.persist(&rooms);
+            drop(rooms);
+            let announce = app.settings.announce_ip.unwrap_or(app.settings.media_ip);
+            let candidate = SocketAddr::new(announce, app.link.port(restart.shard));
+            tracing::info!(session = %id, "ICE restart");
+            let mut r = (
+                StatusCode::OK,
+                restart_answer_frag(&restart.ufrag, &restart.pwd, candidate),
+            )
+                .into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            r
+        }
     }
 }
 
@@ -820,5 +906,43 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_answer_is_an_sdpfrag_with_our_new_credentials_and_candidate() {
+        let f = restart_answer_frag(
+            "0123456789abcdef",
+            "00112233445566778899aabbccddeeff",
+            "192.0.2.7:40001".parse().unwrap(),
+        );
+        assert_eq!(
+            f,
+            "a=ice-lite\r\na=ice-ufrag:0123456789abcdef\r\n\
+             a=ice-pwd:00112233445566778899aabbccddeeff\r\n\
+             a=candidate:1 1 udp 2130706431 192.0.2.7 40001 typ host\r\n\
+             a=end-of-candidates\r\n"
+        );
+        // it parses as a restart fragment (what a client's sdpfrag parser sees)
+        let p = sdp::parse_sdpfrag(&f).expect("valid sdpfrag");
+        assert_eq!(p.ice_ufrag.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            p.ice_pwd.as_deref(),
+            Some("00112233445566778899aabbccddeeff")
+        );
+        assert_eq!(
+            p.candidates,
+            vec!["candidate:1 1 udp 2130706431 192.0.2.7 40001 typ host".to_string()]
+        );
+        let v6 = restart_answer_frag(
+            "abcd",
+            "p".repeat(22).as_str(),
+            "[2001:db8::1]:40000".parse().unwrap(),
+        );
+        assert!(v6.contains("udp 2130706431 2001:db8::1 40000 typ host"));
     }
 }

@@ -110,6 +110,101 @@ pub struct Session {
     pub media: Vec<MediaSlot>,
     /// Unix seconds at creation.
     pub created: u64,
+    /// The client's current ICE ufrag (from its offer, then from each ICE restart PATCH); tells
+    /// a trickle PATCH (same ufrag) from an ICE restart (new ufrag). Empty in state written
+    /// before this field existed (then only `If-Match: *` marks a restart).
+    #[serde(default)]
+    pub remote_ice_ufrag: String,
+    /// ICE restarts done on this session; part of the ETag (RFC 9725 §4.3: a restart yields a
+    /// new entity-tag).
+    #[serde(default)]
+    pub ice_generation: u32,
+}
+
+impl Session {
+    /// The entity-tag of the session's ICE state, quoted, as sent in `ETag`: `"<id>"` after the
+    /// offer, `"<id>.<n>"` after the n-th ICE restart.
+    pub fn etag(&self) -> String {
+        if self.ice_generation == 0 {
+            format!("\"{}\"", self.id)
+        } else {
+            format!("\"{}.{}\"", self.id, self.ice_generation)
+        }
+    }
+}
+
+/// What a WHIP/WHEP `PATCH` (`application/trickle-ice-sdpfrag`) asks for, decided sans-IO by
+/// [`decide_patch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchDecision {
+    /// `If-Match` names an entity-tag that is not the session's current one: 412.
+    PreconditionFailed,
+    /// Trickled candidates (or the current credentials repeated): nothing to do for an ICE-lite
+    /// server, which learns candidates from the checks themselves: 204.
+    Trickle,
+    /// New client credentials: ICE restart (new server credentials, `RestartIce`): 200.
+    Restart,
+}
+
+/// Decide a PATCH on session `s`: `frag_ufrag` is the fragment's `a=ice-ufrag` (the parser
+/// guarantees `a=ice-pwd` came with it), `if_match` the raw `If-Match` header value, if any.
+///
+/// `If-Match: *` matches any existing session; otherwise one of the comma-separated entity-tags
+/// must equal [`Session::etag`] (strong comparison) or the answer is 412 (RFC 9725 §4.3.1). A
+/// restart is a fragment whose ufrag differs from the client's current one (when that is unknown,
+/// from old persisted state, a ufrag with `If-Match: *` is taken as a restart, RFC 9725 §4.3.2).
+pub fn decide_patch(
+    s: &Session,
+    frag_ufrag: Option<&str>,
+    if_match: Option<&str>,
+) -> PatchDecision {
+    let star = if_match.is_some_and(|v| v.trim() == "*");
+    if let Some(v) = if_match {
+        let current = s.etag();
+        if !star && !v.split(',').any(|t| t.trim() == current) {
+            return PatchDecision::PreconditionFailed;
+        }
+    }
+    match frag_ufrag {
+        None => PatchDecision::Trickle,
+        Some(_) if s.remote_ice_ufrag.is_empty() => {
+            if star {
+                PatchDecision::Restart
+            } else {
+                PatchDecision::Trickle
+            }
+        }
+        Some(u) if u == s.remote_ice_ufrag => PatchDecision::Trickle,
+        Some(_) => PatchDecision::Restart,
+    }
+}
+
+/// New server ICE credentials for a session, prepared by [`Rooms::prepare_ice_restart`] and
+/// recorded by [`Rooms::commit_ice_restart`] once the engine accepted the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestart {
+    /// Session id.
+    pub id: String,
+    /// Shard holding the transport.
+    pub shard: usize,
+    /// Engine transport id.
+    pub transport: u32,
+    /// Our new ufrag (16 hex chars: 64 random bits).
+    pub ufrag: String,
+    /// Our new password (32 hex chars: 128 random bits).
+    pub pwd: String,
+}
+
+impl IceRestart {
+    /// The engine command that installs the new credentials.
+    pub fn command(&self) -> EngineCmd {
+        EngineCmd::RestartIce {
+            shard: self.shard,
+            transport: self.transport,
+            ufrag: self.ufrag.clone(),
+            pwd: self.pwd.clone(),
+        }
+    }
 }
 
 /// An engine command to send (owned; converted to `ils_shm::Command` at the link).
@@ -162,6 +257,17 @@ pub enum EngineCmd {
         shard: usize,
         /// Leg id.
         leg: u32,
+    },
+    /// ICE restart: replace the transport's local ICE credentials (keys, tracks, legs stay).
+    RestartIce {
+        /// Shard.
+        shard: usize,
+        /// Transport id.
+        transport: u32,
+        /// New local ufrag.
+        ufrag: String,
+        /// New local password.
+        pwd: String,
     },
     /// Change a leg's simulcast layer.
     SelectLayer {
@@ -401,6 +507,56 @@ impl Rooms {
         })
     }
 
+    /// Record the client's ICE ufrag from its offer (tells trickle from restart in a PATCH).
+    pub fn set_remote_ice_ufrag(&mut self, id: &str, ufrag: &str) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.remote_ice_ufrag = ufrag.to_string();
+        }
+    }
+
+    /// Generate new server ICE credentials for session `id` (nothing is recorded yet: if the
+    /// engine cannot take the command, the session keeps its current ICE state, RFC 9725 §4.3.2).
+    pub fn prepare_ice_restart(
+        &self,
+        id: &str,
+        rand_bytes: &dyn Fn(&mut [u8]),
+    ) -> Result<IceRestart, RoomError> {
+        let s = self.sessions.get(id).ok_or(RoomError::UnknownSession)?;
+        let mut b = [0u8; 24];
+        rand_bytes(&mut b);
+        let hex = |x: &[u8]| x.iter().map(|v| format!("{v:02x}")).collect::<String>();
+        let mut ufrag = hex(&b[..8]);
+        if ufrag == s.ice_ufrag {
+            // A broken RNG repeating itself must not yield a "restart" to the same ufrag.
+            ufrag.replace_range(..1, if ufrag.starts_with('0') { "1" } else { "0" });
+        }
+        Ok(IceRestart {
+            id: s.id.clone(),
+            shard: s.shard,
+            transport: s.transport,
+            ufrag,
+            pwd: hex(&b[8..24]),
+        })
+    }
+
+    /// The engine took the restart: record our new credentials and the client's new ufrag, and
+    /// bump the session's entity-tag. Returns the new ETag.
+    pub fn commit_ice_restart(
+        &mut self,
+        r: &IceRestart,
+        remote_ufrag: &str,
+    ) -> Result<String, RoomError> {
+        let s = self
+            .sessions
+            .get_mut(&r.id)
+            .ok_or(RoomError::UnknownSession)?;
+        s.ice_ufrag = r.ufrag.clone();
+        s.ice_pwd = r.pwd.clone();
+        s.remote_ice_ufrag = remote_ufrag.to_string();
+        s.ice_generation = s.ice_generation.wrapping_add(1).max(1);
+        Ok(s.etag())
+    }
+
     /// A fresh SSRC for a viewer m-line.
     pub fn next_ssrc(&mut self) -> u32 {
         self.ids.ssrc = self.ids.ssrc.wrapping_add(1).max(1);
@@ -458,6 +614,8 @@ impl Rooms {
             state: SessionState::Connecting,
             media: slots,
             created: now_unix,
+            remote_ice_ufrag: String::new(),
+            ice_generation: 0,
         };
         if let Some(l) = self.shard_load.get_mut(a.shard) {
             *l += 1;
@@ -1006,5 +1164,135 @@ mod tests {
         assert_eq!(gone.sessions().count(), 0, "engine lost everything");
         let (fresh, _) = Rooms::restore("not json", 1, &[]);
         assert_eq!(fresh.sessions().count(), 0);
+    }
+
+    #[test]
+    fn patch_decision_tells_trickle_from_restart_and_checks_if_match() {
+        let mut r = Rooms::new(1);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 100);
+        r.set_remote_ice_ufrag(&p, "EsAw");
+        let s = r.session(&p).expect("p").clone();
+        assert_eq!(s.etag(), format!("\"{p}\""));
+        use PatchDecision::*;
+        // candidates only, or the current credentials repeated: trickle
+        assert_eq!(decide_patch(&s, None, None), Trickle);
+        assert_eq!(decide_patch(&s, Some("EsAw"), None), Trickle);
+        assert_eq!(decide_patch(&s, Some("EsAw"), Some(&s.etag())), Trickle);
+        // new client ufrag: restart, with If-Match "*" (RFC 9725), the current ETag, or none
+        assert_eq!(decide_patch(&s, Some("NewU"), Some("*")), Restart);
+        assert_eq!(decide_patch(&s, Some("NewU"), Some(" * ")), Restart);
+        assert_eq!(decide_patch(&s, Some("NewU"), None), Restart);
+        let list = format!("\"x\", {}", s.etag());
+        assert_eq!(decide_patch(&s, Some("NewU"), Some(&list)), Restart);
+        // a wrong or unquoted or weak entity-tag: 412, whatever the body
+        for bad in ["\"nope\"", p.as_str(), "", "W/\"x\""] {
+            assert_eq!(
+                decide_patch(&s, Some("NewU"), Some(bad)),
+                PreconditionFailed
+            );
+            assert_eq!(decide_patch(&s, None, Some(bad)), PreconditionFailed);
+        }
+        // state persisted before the remote ufrag was recorded: only "*" marks a restart
+        let mut legacy = s.clone();
+        legacy.remote_ice_ufrag.clear();
+        assert_eq!(decide_patch(&legacy, Some("EsAw"), None), Trickle);
+        assert_eq!(decide_patch(&legacy, Some("EsAw"), Some("*")), Restart);
+    }
+
+    #[test]
+    fn ice_restart_is_prepared_then_committed_and_persisted() {
+        let mut r = Rooms::new(2);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 100);
+        r.set_remote_ice_ufrag(&p, "EsAw");
+        let before = r.session(&p).expect("p").clone();
+        let prep = r.prepare_ice_restart(&p, &rnd(7)).expect("known");
+        // preparing records nothing (the engine may still refuse the command)
+        assert_eq!(r.session(&p), Some(&before));
+        assert_eq!(prep.shard, before.shard);
+        assert_eq!(prep.transport, before.transport);
+        assert_eq!(prep.ufrag.len(), 16);
+        assert_eq!(prep.pwd.len(), 32);
+        assert_ne!(prep.ufrag, before.ice_ufrag);
+        crate::sdp::limits::check_ice_creds(&prep.ufrag, &prep.pwd).expect("ice-chars");
+        assert_eq!(
+            prep.command(),
+            EngineCmd::RestartIce {
+                shard: before.shard,
+                transport: before.transport,
+                ufrag: prep.ufrag.clone(),
+                pwd: prep.pwd.clone(),
+            }
+        );
+        let etag = r.commit_ice_restart(&prep, "NewU").expect("known");
+        let s = r.session(&p).expect("p").clone();
+        assert_eq!(etag, format!("\"{p}.1\""));
+        assert_eq!(s.etag(), etag);
+        assert_eq!(
+            (s.ice_ufrag.as_str(), s.ice_pwd.as_str()),
+            (prep.ufrag.as_str(), prep.pwd.as_str())
+        );
+        assert_eq!(s.remote_ice_ufrag, "NewU");
+        // the old ETag no longer matches; the client's new ufrag is now "trickle"
+        assert_eq!(
+            decide_patch(&s, None, Some(&before.etag())),
+            PatchDecision::PreconditionFailed
+        );
+        assert_eq!(
+            decide_patch(&s, Some("NewU"), Some(&etag)),
+            PatchDecision::Trickle
+        );
+        // a second restart bumps the tag again
+        let prep2 = r.prepare_ice_restart(&p, &rnd(8)).expect("known");
+        assert_eq!(
+            r.commit_ice_restart(&prep2, "Third").expect("known"),
+            format!("\"{p}.2\"")
+        );
+        // survives a control restart (state.json)
+        r.handle_connected(&p, keys()).expect("known");
+        let s = r.session(&p).expect("p").clone();
+        let (restored, _) = Rooms::restore(&r.to_json(), 2, &[s.transport]);
+        assert_eq!(restored.session(&p), Some(&s));
+        // a broken RNG that repeats the current ufrag still yields a different one
+        let cur = s.ice_ufrag.clone();
+        let same = move |b: &mut [u8]| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = if i < 8 {
+                    u8::from_str_radix(&cur[2 * i..2 * i + 2], 16).unwrap_or(0)
+                } else {
+                    0
+                };
+            }
+        };
+        let rep = restored.prepare_ice_restart(&p, &same).expect("known");
+        assert_ne!(rep.ufrag, s.ice_ufrag);
+        assert!(crate::sdp::limits::is_ice_chars(&rep.ufrag));
+        // unknown sessions
+        assert_eq!(
+            r.prepare_ice_restart("nope", &rnd(1)).unwrap_err(),
+            RoomError::UnknownSession
+        );
+        let mut ghost = prep.clone();
+        ghost.id = "nope".into();
+        assert_eq!(
+            r.commit_ice_restart(&ghost, "x").unwrap_err(),
+            RoomError::UnknownSession
+        );
+    }
+
+    #[test]
+    fn state_from_before_ice_restart_support_still_loads() {
+        let mut r = Rooms::new(1);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 100);
+        r.handle_connected(&p, keys()).expect("known");
+        let mut v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
+        let sess = v["sessions"][&p].as_object_mut().expect("session object");
+        sess.remove("remote_ice_ufrag");
+        sess.remove("ice_generation");
+        let t = r.session(&p).expect("p").transport;
+        let (restored, _) = Rooms::restore(&v.to_string(), 1, &[t]);
+        let s = restored.session(&p).expect("kept");
+        assert_eq!(s.remote_ice_ufrag, "");
+        assert_eq!(s.ice_generation, 0);
+        assert_eq!(s.etag(), format!("\"{p}\""));
     }
 }
