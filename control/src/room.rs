@@ -668,21 +668,36 @@ impl Rooms {
 
     /// The publisher track (session, slot index) that should feed a viewer slot of this kind
     /// and codec: the oldest connected publisher in the room with such a track.
-    fn feeder(&self, room: &str, video: bool, codec: &str) -> Option<(String, usize)> {
-        self.sessions
+    /// The publisher track (session, slot index) that should feed a viewer slot of this kind
+    /// and codec: publishers oldest first, their tracks in m-line order, skipping tracks this
+    /// viewer already receives — so a viewer with several slots gets several publishers.
+    fn feeder(
+        &self,
+        room: &str,
+        video: bool,
+        codec: &str,
+        taken: &[u32],
+    ) -> Option<(String, usize)> {
+        let mut pubs: Vec<&Session> = self
+            .sessions
             .values()
             .filter(|p| {
                 p.room == room
                     && p.kind == SessionKind::Publisher
                     && p.state == SessionState::Connected
             })
-            .min_by_key(|p| (p.created, p.id.clone()))
-            .and_then(|p| {
-                p.media
-                    .iter()
-                    .position(|m| m.video == video && m.codec.eq_ignore_ascii_case(codec))
-                    .map(|i| (p.id.clone(), i))
-            })
+            .collect();
+        pubs.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        pubs.into_iter().find_map(|p| {
+            p.media
+                .iter()
+                .position(|m| {
+                    m.video == video
+                        && m.codec.eq_ignore_ascii_case(codec)
+                        && !taken.contains(&m.track)
+                })
+                .map(|i| (p.id.clone(), i))
+        })
     }
 
     fn leg_for(&mut self, viewer: &Session, slot: &MediaSlot, feeder: &MediaSlot) -> LegSpec {
@@ -734,11 +749,16 @@ impl Rooms {
         if v.state != SessionState::Connected || v.kind != SessionKind::Viewer {
             return cmds;
         }
+        let mut taken: Vec<u32> = v
+            .media
+            .iter()
+            .filter_map(|m| m.leg.map(|(_, t)| t))
+            .collect();
         for (i, slot) in v.media.iter().enumerate() {
             if slot.leg.is_some() {
                 continue;
             }
-            let Some((pid, mi)) = self.feeder(&v.room, slot.video, &slot.codec) else {
+            let Some((pid, mi)) = self.feeder(&v.room, slot.video, &slot.codec, &taken) else {
                 continue;
             };
             let Some(feeder) = self
@@ -757,6 +777,7 @@ impl Rooms {
             {
                 s.leg = Some((spec.leg, spec.track));
             }
+            taken.push(spec.track);
             cmds.push(EngineCmd::AddLeg {
                 shard: v.shard,
                 spec,
@@ -1099,6 +1120,39 @@ mod tests {
             .map(|m| m.track)
             .collect();
         assert!(refed.iter().all(|l| p2_tracks.contains(&l.track)));
+    }
+
+    #[test]
+    fn a_viewer_with_more_slots_gets_more_publishers() {
+        let mut r = Rooms::new(1);
+        let (p1, _) = join(&mut r, "a", SessionKind::Publisher, 1, 10);
+        r.handle_connected(&p1, keys()).expect("known");
+        let (p2, _) = join(&mut r, "a", SessionKind::Publisher, 2, 11);
+        r.handle_connected(&p2, keys()).expect("known");
+        let a = r
+            .allocate("a", SessionKind::Viewer, &rnd(3))
+            .expect("capacity");
+        let m = vec![
+            media("0", Kind::Video, "VP8", 100, &[], Some(r.next_ssrc())),
+            media("1", Kind::Video, "VP8", 100, &[], Some(r.next_ssrc() + 10)),
+        ];
+        r.create_session(
+            &a,
+            "a",
+            SessionKind::Viewer,
+            None,
+            "sha-256 AA".into(),
+            &m,
+            12,
+        );
+        let l = legs(&r.handle_connected(&a.id, keys()).expect("known"));
+        assert_eq!(l.len(), 2);
+        assert_ne!(
+            l[0].track, l[1].track,
+            "two slots, two different publishers"
+        );
+        let t1 = r.session(&p1).expect("p1").media[1].track;
+        assert_eq!(l[0].track, t1, "the oldest publisher first");
     }
 
     #[test]
