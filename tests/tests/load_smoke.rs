@@ -65,7 +65,7 @@ fn json_num(text: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} missing in result.json"));
     text[at + pat.len()..]
         .trim_start()
-        .split(|c: char| c == ',' || c == '\n' || c == '}')
+        .split([',', '\n', '}'])
         .next()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{key} is not a number"))
@@ -117,7 +117,10 @@ fn two_hundred_audio_viewers_for_ten_seconds() {
     assert_eq!(json_num(&json, "lost"), 0.0, "packets lost");
     assert_eq!(json_num(&json, "loss_percent"), 0.0);
     assert_eq!(json_num(&json, "decrypt_failures"), 0.0);
-    assert!(json_num(&json, "consent_ok") > 0.0, "consent never answered");
+    assert!(
+        json_num(&json, "consent_ok") > 0.0,
+        "consent never answered"
+    );
     assert!(json_num(&json, "rr_sent") > 0.0);
     assert!(out.join("summary.md").exists() && out.join("latency-cdf.svg").exists());
     assert!(
