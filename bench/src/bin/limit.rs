@@ -31,6 +31,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,11 +348,17 @@ pub struct Report {
     pub lost: u64,
     /// `lost` as a percentage of all datagrams sent in the run.
     pub loss_pct: f64,
-    /// Sender thread CPU (user + system) per sent datagram, µs.
+    /// Sender CPU (user + system) per sent datagram, µs: the sender thread plus any other
+    /// thread of the process except the drain thread (io_uring `iou-wrk` workers).
     pub sender_cpu_us_per_pkt: f64,
-    /// Sender thread CPU as a percentage of one core.
+    /// That CPU as a percentage of one core (below 100 flat out: the machine took the core
+    /// away — see `sender_preemptions`).
     pub sender_cpu_pct: f64,
-    /// Drain thread CPU per received datagram, µs.
+    /// The part of `sender_cpu_us_per_pkt` spent in other threads (io_uring workers), µs.
+    pub worker_cpu_us_per_pkt: f64,
+    /// Involuntary context switches of the sender thread during the window.
+    pub sender_preemptions: u64,
+    /// Drain thread CPU per datagram received in the window, µs.
     pub drain_cpu_us_per_pkt: f64,
     /// CPU of all `ksoftirqd/N` threads per sent datagram, µs (loopback receive work deferred
     /// out of the sender).
@@ -400,9 +407,11 @@ impl Report {
             self.received_pps, self.lost, self.loss_pct
         ));
         s.push_str(&format!(
-            "  sender CPU {:.3} us/pkt ({:.1} % of a core); drain {:.3} us/pkt; ksoftirqd {:.3} us/pkt\n",
+            "  sender CPU {:.3} us/pkt ({:.1} % of a core, {:.3} of it in io_uring workers; preempted {} times); drain {:.3} us/pkt; ksoftirqd {:.3} us/pkt\n",
             self.sender_cpu_us_per_pkt,
             self.sender_cpu_pct,
+            self.worker_cpu_us_per_pkt,
+            self.sender_preemptions,
             self.drain_cpu_us_per_pkt,
             self.ksoftirqd_cpu_us_per_pkt
         ));
@@ -470,19 +479,69 @@ fn ksoftirqd_cpu() -> Duration {
 
 /// CPU time (user + system) of the calling thread.
 fn thread_cpu() -> Duration {
+    clock_cpu(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time of a clock (`CLOCK_*` or a thread's clock id); zero if unreadable.
+fn clock_cpu(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we pass.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if r != 0 {
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return Duration::ZERO;
     }
     Duration::new(
         ts.tv_sec.max(0) as u64,
         ts.tv_nsec.clamp(0, 999_999_999) as u32,
     )
+}
+
+/// Involuntary context switches of the calling thread (it was preempted: a busy machine).
+fn thread_involuntary_switches() -> u64 {
+    // SAFETY: rusage is plain data; getrusage writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0;
+    }
+    ru.ru_nivcsw.max(0) as u64
+}
+
+/// CPU accounting at one instant (window start or end).
+#[derive(Clone, Copy)]
+struct CpuSnap {
+    /// The sender thread.
+    sender: Duration,
+    /// The whole process (every thread, exited io_uring workers included).
+    process: Duration,
+    /// The drain thread.
+    drain: Duration,
+    /// All `ksoftirqd/N` threads.
+    ksoftirqd: Duration,
+    /// Sender's involuntary context switches.
+    preempted: u64,
+}
+
+impl CpuSnap {
+    fn take(drain_clock: Option<libc::clockid_t>) -> CpuSnap {
+        CpuSnap {
+            sender: thread_cpu(),
+            process: clock_cpu(libc::CLOCK_PROCESS_CPUTIME_ID),
+            drain: drain_clock.map_or(Duration::ZERO, clock_cpu),
+            ksoftirqd: ksoftirqd_cpu(),
+            preempted: thread_involuntary_switches(),
+        }
+    }
+
+    /// CPU of threads other than sender and drain (io_uring workers), from `self` to `end`.
+    fn others(&self, end: &CpuSnap) -> Duration {
+        let p = end.process.saturating_sub(self.process);
+        let s = end.sender.saturating_sub(self.sender);
+        let d = end.drain.saturating_sub(self.drain);
+        p.saturating_sub(s).saturating_sub(d)
+    }
 }
 
 /// CPUs this process may run on, ascending.
@@ -697,10 +756,9 @@ struct SendOutcome {
     at_measure: SendCounters,
     /// Length of the measured window.
     elapsed: Duration,
-    /// Sender thread CPU during the window.
-    cpu: Duration,
-    /// `ksoftirqd` CPU during the window.
-    ksoftirqd: Duration,
+    /// CPU at the window's start and end.
+    cpu0: CpuSnap,
+    cpu1: CpuSnap,
     /// Datagrams received during the window.
     received_window: u64,
     snmp_before: Option<(u64, u64)>,
@@ -714,6 +772,7 @@ fn send_phase(
     dests: &[SocketAddr],
     wake_fd: libc::c_int,
     received: &AtomicU64,
+    drain_clock: Option<libc::clockid_t>,
 ) -> Result<SendOutcome, String> {
     let (backend, path, gso) = plan.mode.io_choice();
     let mut cfg = IoConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -731,8 +790,8 @@ fn send_phase(
 
     let snmp_before = udp_snmp();
     let mut c = SendCounters::default();
-    // (start instant, counters, thread CPU, ksoftirqd CPU, received) at the window's start.
-    let mut at_measure: Option<(Instant, SendCounters, Duration, Duration, u64)> = None;
+    // (start instant, counters, CPU, received) at the window's start.
+    let mut at_measure: Option<(Instant, SendCounters, CpuSnap, u64)> = None;
     let start = Instant::now();
     let end = plan.warmup + plan.duration;
     let mut size_i = 0usize;
@@ -746,8 +805,7 @@ fn send_phase(
             at_measure = Some((
                 now,
                 c,
-                thread_cpu(),
-                ksoftirqd_cpu(),
+                CpuSnap::take(drain_clock),
                 received.load(Ordering::Relaxed),
             ));
         }
@@ -794,11 +852,9 @@ fn send_phase(
         c.bursts += st.gso_bursts as u64;
     }
     let t_end = Instant::now();
-    let cpu_end = thread_cpu();
-    let soft_end = ksoftirqd_cpu();
+    let cpu1 = CpuSnap::take(drain_clock);
     let recv_end = received.load(Ordering::Relaxed);
-    let (t0, c0, cpu0, soft0, recv0) =
-        at_measure.unwrap_or((start, SendCounters::default(), Duration::ZERO, soft_end, 0));
+    let (t0, c0, cpu0, recv0) = at_measure.unwrap_or((t_end, c, cpu1, recv_end));
 
     // Let the receivers drain, then loss can be counted over the whole run.
     let settle_start = Instant::now();
@@ -822,8 +878,8 @@ fn send_phase(
         total: c,
         at_measure: c0,
         elapsed: t_end.duration_since(t0),
-        cpu: cpu_end.saturating_sub(cpu0),
-        ksoftirqd: soft_end.saturating_sub(soft0),
+        cpu0,
+        cpu1,
         received_window: recv_end.saturating_sub(recv0),
         snmp_before,
         snmp_after: udp_snmp(),
@@ -873,7 +929,13 @@ fn run(plan: &Plan) -> Result<Report, String> {
         stop_drain(&stop);
         return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
     }
-    let result = send_phase(plan, &dests, ev, &received);
+    let drain_clock = {
+        let mut id: libc::clockid_t = 0;
+        // SAFETY: the thread is alive until joined below; id is written on success.
+        let r = unsafe { libc::pthread_getcpuclockid(drain_thread.as_pthread_t(), &mut id) };
+        (r == 0).then_some(id)
+    };
+    let result = send_phase(plan, &dests, ev, &received, drain_clock);
     // SAFETY: we own ev; the Io that watched it is dropped.
     unsafe { libc::close(ev) };
     stop_drain(&stop);
@@ -883,7 +945,12 @@ fn run(plan: &Plan) -> Result<Report, String> {
         Err(_) => return Err("drain thread panicked".into()),
     };
     let o = result?;
-    let (c, c0, elapsed, cpu) = (o.total, o.at_measure, o.elapsed, o.cpu);
+    let (c, c0, elapsed) = (o.total, o.at_measure, o.elapsed);
+    let sender_cpu = o.cpu1.sender.saturating_sub(o.cpu0.sender);
+    let workers_cpu = o.cpu0.others(&o.cpu1);
+    let cpu = sender_cpu + workers_cpu;
+    let drain_cpu = o.cpu1.drain.saturating_sub(o.cpu0.drain);
+    let ksoftirqd = o.cpu1.ksoftirqd.saturating_sub(o.cpu0.ksoftirqd);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let sent = c.sent.saturating_sub(c0.sent);
     let units = c.units.saturating_sub(c0.units);
@@ -934,8 +1001,14 @@ fn run(plan: &Plan) -> Result<Report, String> {
         },
         sender_cpu_us_per_pkt: cpu.as_secs_f64() * 1e6 / sent.max(1) as f64,
         sender_cpu_pct: cpu.as_secs_f64() * 100.0 / secs,
-        drain_cpu_us_per_pkt: drained.cpu.as_secs_f64() * 1e6 / drained.received.max(1) as f64,
-        ksoftirqd_cpu_us_per_pkt: o.ksoftirqd.as_secs_f64() * 1e6 / sent.max(1) as f64,
+        worker_cpu_us_per_pkt: workers_cpu.as_secs_f64() * 1e6 / sent.max(1) as f64,
+        sender_preemptions: o.cpu1.preempted.saturating_sub(o.cpu0.preempted),
+        drain_cpu_us_per_pkt: if drain_clock.is_some() {
+            drain_cpu.as_secs_f64() * 1e6 / o.received_window.max(1) as f64
+        } else {
+            drained.cpu.as_secs_f64() * 1e6 / drained.received.max(1) as f64
+        },
+        ksoftirqd_cpu_us_per_pkt: ksoftirqd.as_secs_f64() * 1e6 / sent.max(1) as f64,
         send_units_per_pkt: units as f64 / sent.max(1) as f64,
         gso_bursts: c.bursts.saturating_sub(c0.bursts),
         udp_rcvbuf_errors: diff(0),
@@ -1156,6 +1229,8 @@ mod tests {
             loss_pct: 1.0,
             sender_cpu_us_per_pkt: 2.5,
             sender_cpu_pct: 99.0,
+            worker_cpu_us_per_pkt: 0.0,
+            sender_preemptions: 3,
             drain_cpu_us_per_pkt: 0.5,
             ksoftirqd_cpu_us_per_pkt: 0.0,
             send_units_per_pkt: 0.03125,
