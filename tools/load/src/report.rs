@@ -114,7 +114,7 @@ pub fn markdown(r: &RunResult) -> String {
     if !r.join_errors.is_empty() {
         s.push_str("\nJoin errors (first 20):\n\n");
         for e in &r.join_errors {
-            s.push_str(&format!("* {e}\n"));
+            s.push_str(&format!("* {}\n", e.trim()));
         }
     }
     s
