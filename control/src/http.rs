@@ -33,6 +33,10 @@ use crate::sdp::{self, LocalParams, Preferences};
 /// dropped (the peer retransmits). Memory: ≤ 64 × 1.5 KiB per connecting session.
 pub const DTLS_QUEUE: usize = 64;
 
+/// How long [`App::apply`] retries a command whose shard's command ring is full before giving
+/// up (bounds how long a burst of commands can hold the room lock when the engine is stuck).
+pub const RING_FULL_RETRY: Duration = Duration::from_secs(2);
+
 /// Control-side counters exported at `/metrics`.
 #[derive(Default)]
 pub struct ControlCounters {
@@ -134,11 +138,30 @@ impl App {
     }
 
     /// Send room commands to the engine, in order.
+    ///
+    /// A full command ring is retried for up to [`RING_FULL_RETRY`] (the engine drains
+    /// `COMMANDS_PER_ITERATION` commands per loop iteration, so a burst — e.g. thousands of
+    /// sessions deleted at once — clears in milliseconds); only a stuck engine makes a command
+    /// fail, and then it is counted and logged.
     pub fn apply(&self, cmds: Vec<EngineCmd>) {
         for c in cmds {
-            if let Err(e) = self.send_cmd(&c) {
-                self.counters.link_full.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("engine command {c:?} not sent: {e}");
+            let deadline = std::time::Instant::now() + RING_FULL_RETRY;
+            let mut pause = Duration::from_micros(50);
+            loop {
+                match self.send_cmd(&c) {
+                    Ok(()) => break,
+                    Err(crate::engine_link::LinkError::RingFull { .. })
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        self.counters.link_full.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("engine command {c:?} not sent: {e}");
+                        break;
+                    }
+                }
             }
         }
     }
