@@ -400,6 +400,7 @@ pub fn issue(
         &claims,
         &EncodingKey::from_secret(&secret.0),
     )
+    // INVARIANT: serde_json cannot fail on this plain struct and HS256 signing is infallible.
     .expect("HS256 encoding of plain claims cannot fail")
 }
 

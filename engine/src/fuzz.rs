@@ -271,12 +271,12 @@ fn check_ice_step(ice: &mut IceLite, now: Instant, from: SocketAddr, msg: &[u8],
         IceOutcome::Drop(_) => {}
         IceOutcome::Reply { len, learned, .. } => {
             assert!(len <= msg.len(), "reply {len} > request {}", msg.len());
-            let m = StunMessage::parse(msg).expect("INVARIANT: a replied request parsed");
+            let m = StunMessage::parse(msg).expect("INVARIANT: a replied request parsed"); // harness assertion: a panic is the finding
             assert!(
                 m.verify_integrity(PUB_PWD).is_ok(),
                 "reply to a request whose integrity does not verify"
             );
-            let r = StunMessage::parse(&out[..len]).expect("reply must parse");
+            let r = StunMessage::parse(&out[..len]).expect("reply must parse"); // harness assertion: a panic is the finding
             assert!(r.verify_integrity(PUB_PWD).is_ok(), "reply not signed");
             assert!(r.verify_fingerprint().is_ok(), "reply fingerprint");
             assert_eq!(r.transaction_id(), m.transaction_id());
@@ -345,7 +345,7 @@ pub fn srtp(data: &[u8]) {
         } else {
             rx2.unprotect_rtp(&mut buf[..m])
         };
-        let n = back.expect("our own protected packet must unprotect");
+        let n = back.expect("our own protected packet must unprotect"); // harness assertion: a panic is the finding
         assert_eq!(&buf[..n], data, "round trip changed the packet");
         let again = if rtcp {
             rx2.unprotect_rtcp(&mut copy[..m])
@@ -449,7 +449,7 @@ fn check_rewrite(data: &[u8], hdr: &RtpHeader, rw: &Rewrite<'_>) {
     match write_rewritten(data, hdr, rw, &mut out) {
         Ok(n) => {
             assert_eq!(n, want, "write_rewritten length != rewritten_len");
-            let h2 = RtpHeader::parse(&out[..n]).expect("rewritten packet must parse");
+            let h2 = RtpHeader::parse(&out[..n]).expect("rewritten packet must parse"); // harness assertion: a panic is the finding
             assert_eq!(h2.ssrc, rw.ssrc);
             assert_eq!(h2.seq, rw.seq);
             assert_eq!(h2.ts, rw.ts);
@@ -491,7 +491,7 @@ fn vp8_checks(payload: &[u8]) {
     for switched in [false, true, false] {
         p.copy_from_slice(payload);
         if rw.rewrite(p, switched).is_ok() {
-            let d2 = Vp8Descriptor::parse(p).expect("rewritten descriptor must parse");
+            let d2 = Vp8Descriptor::parse(p).expect("rewritten descriptor must parse"); // harness assertion: a panic is the finding
             assert_eq!(d2.header_len, d.header_len);
         }
         p.copy_from_slice(payload);
@@ -581,7 +581,7 @@ fn rtcp_roundtrip(p: &RtcpPacket<'_>) {
                 n += 1;
             }
             let len = rtcpw::write_sr(&mut out, ssrc, ntp, rtp_ts, packets, octets, &blocks[..n])
-                .expect("re-serialising a parsed SR");
+                .expect("re-serialising a parsed SR"); // harness assertion: a panic is the finding
             match rtcpw::iter(&out[..len]).next() {
                 Some(Ok(RtcpPacket::SenderReport {
                     ssrc: s2,
@@ -605,7 +605,7 @@ fn rtcp_roundtrip(p: &RtcpPacket<'_>) {
                 blocks[n] = b;
                 n += 1;
             }
-            let len = rtcpw::write_rr(&mut out, ssrc, &blocks[..n]).expect("re-serialising RR");
+            let len = rtcpw::write_rr(&mut out, ssrc, &blocks[..n]).expect("re-serialising RR"); // harness assertion: a panic is the finding
             match rtcpw::iter(&out[..len]).next() {
                 Some(Ok(RtcpPacket::ReceiverReport {
                     ssrc: s2,
@@ -668,7 +668,7 @@ fn rtcp_roundtrip(p: &RtcpPacket<'_>) {
             sender_ssrc,
             media_ssrc,
         } => {
-            let len = rtcpw::write_pli(&mut out, sender_ssrc, media_ssrc).expect("PLI");
+            let len = rtcpw::write_pli(&mut out, sender_ssrc, media_ssrc).expect("PLI"); // harness assertion: a panic is the finding
             assert!(matches!(
                 rtcpw::iter(&out[..len]).next(),
                 Some(Ok(RtcpPacket::Pli { sender_ssrc: s, media_ssrc: m })) if s == sender_ssrc && m == media_ssrc
@@ -679,7 +679,7 @@ fn rtcp_roundtrip(p: &RtcpPacket<'_>) {
             entries,
         } => {
             for (ssrc, seq) in entries {
-                let len = rtcpw::write_fir(&mut out, sender_ssrc, ssrc, seq).expect("FIR");
+                let len = rtcpw::write_fir(&mut out, sender_ssrc, ssrc, seq).expect("FIR"); // harness assertion: a panic is the finding
                 match rtcpw::iter(&out[..len]).next() {
                     Some(Ok(RtcpPacket::Fir {
                         sender_ssrc: s2,
@@ -778,8 +778,8 @@ pub fn shm_command(data: &[u8]) {
         };
         let m = cmd
             .encode(seq, &mut slot)
-            .expect("decoded command must encode");
-        let (seq2, cmd2) = Command::decode(&slot[..m]).expect("re-encoded command must decode");
+            .expect("decoded command must encode"); // harness assertion: a panic is the finding
+        let (seq2, cmd2) = Command::decode(&slot[..m]).expect("re-encoded command must decode"); // harness assertion: a panic is the finding
         assert_eq!((seq2, cmd2), (seq, cmd), "command round trip");
         let before = out.events.len();
         let applied = core.counters().get(ils_shm::Counter::CommandsApplied);
@@ -808,8 +808,8 @@ pub fn shm_event(data: &[u8]) {
     let mut slot = [0u8; ils_shm::SLOT_SIZE];
     let n = ev
         .encode(seq, &mut slot)
-        .expect("decoded event must encode");
-    let (seq2, ev2) = Event::decode(&slot[..n]).expect("re-encoded event must decode");
+        .expect("decoded event must encode"); // harness assertion: a panic is the finding
+    let (seq2, ev2) = Event::decode(&slot[..n]).expect("re-encoded event must decode"); // harness assertion: a panic is the finding
     assert_eq!((seq2, ev2), (seq, ev), "event round trip");
 }
 
@@ -989,7 +989,7 @@ impl Fixture {
         out.events.clear();
         let peer = |k: &[u8; 32]| Peer {
             tx: SrtpContext::new(profile, &k[..kl], &FUZZ_SALT[..sl])
-                .expect("INVARIANT: fixed keys have the profile's lengths"),
+                .expect("INVARIANT: fixed keys have the profile's lengths"), // harness assertion: a panic is the finding
         };
         Fixture {
             core,
