@@ -142,12 +142,14 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
             .map(|d| d.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(10))
             .min(Duration::from_millis(100));
-        let res = io.poll(Some(timeout), &mut |from, buf| {
-            core.handle_datagram(Instant::now(), from, buf, &mut tx, &mut out);
+        // Forward as datagrams arrive; the batch is flushed inside whenever it is half full.
+        let res = io.poll_forward(Some(timeout), &mut tx, &mut |from, buf, tx| {
+            core.handle_datagram(Instant::now(), from, buf, tx, &mut out);
         });
-        if let Ok(st) = &res {
+        if let Ok((st, fs)) = &res {
             core.counters_mut()
                 .add(Counter::DropTooLarge, st.too_large as u64);
+            count_flush(core.counters_mut(), fs);
         }
         let now = Instant::now();
         // cross-shard messages
@@ -163,6 +165,10 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
                     Some(m) => core.handle_xmsg(now, m, &mut tx),
                     None => break,
                 }
+                if tx.over_high_water() {
+                    let fs = io.flush(&mut tx);
+                    count_flush(core.counters_mut(), &fs);
+                }
             }
         }
         // commands from control
@@ -177,10 +183,7 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
             degraded_seen = io.degraded().len();
         }
         let c = core.counters_mut();
-        c.add(Counter::TxPackets, fs.segments as u64);
-        c.add(Counter::GsoBursts, fs.gso_bursts as u64);
-        c.add(Counter::SendErrors, fs.errors as u64);
-        c.add(Counter::DropSendQueueFull, fs.dropped as u64);
+        count_flush(c, &fs);
         c.inc(Counter::LoopIterations);
         if out.full > 0 {
             c.add(Counter::DropEventRingFull, std::mem::take(&mut out.full));
@@ -201,6 +204,14 @@ pub fn run(p: ShardParams, ready: std::sync::mpsc::Sender<Result<ShardInfo, Stri
             p.region.header().set_heartbeat_ns(monotonic_ns());
         }
     }
+}
+
+/// Add one flush's figures to the shard counters.
+fn count_flush(c: &mut crate::counters::LocalCounters, fs: &ils_io::FlushStats) {
+    c.add(Counter::TxPackets, fs.segments as u64);
+    c.add(Counter::GsoBursts, fs.gso_bursts as u64);
+    c.add(Counter::SendErrors, fs.errors as u64);
+    c.add(Counter::DropSendQueueFull, fs.dropped as u64);
 }
 
 fn drain_commands(

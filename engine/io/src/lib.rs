@@ -52,12 +52,15 @@ pub const MAX_RECV_BATCH: usize = 1024;
 pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Most payload bytes in one GSO burst: 65 000 (under the 65 507 B UDP/IPv4 payload limit).
 pub const MAX_GSO_BYTES: usize = 65_000;
-/// Default [`TxBatch`] arena: 4 MiB, i.e. ≈ 3 500 datagrams of 1200 B per flush. Memory is
-/// exactly this, allocated once per batch.
-pub const DEFAULT_TX_ARENA_BYTES: usize = 4 << 20;
-/// Default [`TxBatch`] descriptor capacity (wire datagrams per flush): 4096. Memory ≈ 230 B
-/// each (≈ 0.9 MiB), on top of the arena.
-pub const DEFAULT_TX_MAX_DATAGRAMS: usize = 4096;
+/// Default [`TxBatch`] arena: 16 MiB, i.e. ≈ 14 000 datagrams of 1200 B per flush. The batch
+/// is flushed when half full ([`Io::poll_forward`]), so the other half must hold one input
+/// packet's whole fan-out: ≈ 7 000 subscribers of one shard at 1200 B (measured: a 4 MiB batch
+/// dropped keyframe fan-outs at 250 viewers, docs/performance.md). Memory is exactly this,
+/// allocated once per shard.
+pub const DEFAULT_TX_ARENA_BYTES: usize = 16 << 20;
+/// Default [`TxBatch`] descriptor capacity (wire datagrams per flush): 16 384 (half of it is
+/// the per-input-packet fan-out headroom). Memory ≈ 230 B each (≈ 3.6 MiB), on top of the arena.
+pub const DEFAULT_TX_MAX_DATAGRAMS: usize = 16_384;
 /// Default `SO_RCVBUF`/`SO_SNDBUF`: 8 MiB (absorbs ≈ 6 ms of 1 Gbit/s bursts; kernel memory
 /// per socket up to 2 × this since the kernel doubles it).
 pub const DEFAULT_SOCKET_BUF_BYTES: usize = 8 << 20;
@@ -433,30 +436,98 @@ impl Io {
     /// socket buffer (`EAGAIN`/`ENOBUFS`) drops the rest of the batch (counted in `dropped`).
     pub fn flush(&mut self, tx: &mut TxBatch) -> FlushStats {
         let mut stats = FlushStats::default();
-        if tx.is_empty() {
-            return stats;
-        }
-        let (n, errors, dropped) = tx.build(self.gso, self.v6);
-        stats.errors += errors;
-        stats.dropped += dropped;
-        let mut st = tx::SendState {
+        let mut out = SendParts {
+            send_ring: &mut self.send_ring,
             fd: self.fd,
+            v6: self.v6,
+            send_path: self.send_path,
             gso: &mut self.gso,
             degraded: &mut self.degraded,
         };
-        match (&mut self.send_ring, self.send_path) {
-            (Some(ring), SendPath::UringSendMsg) => {
-                uring::send_uring(ring, &mut st, tx, n, &mut stats)
-            }
-            _ => tx::send_mmsg(&mut st, tx, n, &mut stats),
-        }
-        tx.clear();
+        out.flush(tx, &mut stats);
         stats
+    }
+
+    /// Like [`Io::poll`], but the callback also gets `tx` to queue sends into, and `tx` is
+    /// flushed *between* received datagrams whenever it passes half of its capacity
+    /// ([`TxBatch::over_high_water`]), so a burst of input packets each fanned out to many
+    /// subscribers is sent in several submissions instead of overflowing the batch. Returns the
+    /// receive stats and the stats of the flushes done inside (the caller still flushes the
+    /// rest at the end of its iteration).
+    pub fn poll_forward(
+        &mut self,
+        timeout: Option<Duration>,
+        tx: &mut TxBatch,
+        on_datagram: &mut dyn FnMut(SocketAddr, &mut [u8], &mut TxBatch),
+    ) -> Result<(PollStats, FlushStats), IoError> {
+        let mut fstats = FlushStats::default();
+        let Io {
+            rx,
+            send_ring,
+            fd,
+            v6,
+            send_path,
+            gso,
+            degraded,
+            recv_batch,
+            ..
+        } = self;
+        let mut out = SendParts {
+            send_ring,
+            fd: *fd,
+            v6: *v6,
+            send_path: *send_path,
+            gso,
+            degraded,
+        };
+        let mut cb = |from: SocketAddr, buf: &mut [u8]| {
+            on_datagram(from, buf, tx);
+            if tx.over_high_water() {
+                out.flush(tx, &mut fstats);
+            }
+        };
+        let st = match rx {
+            Rx::Uring(r) => r.poll(timeout, *recv_batch, &mut cb),
+            Rx::Mmsg(m) => m.poll(timeout, *recv_batch, &mut cb),
+        }?;
+        Ok((st, fstats))
     }
 
     /// The socket, e.g. for extra socket options.
     pub fn socket(&self) -> &socket2::Socket {
         &self.socket
+    }
+}
+
+/// The send half of an [`Io`], borrowed apart from its receive half so sends can be flushed
+/// from inside the receive callback.
+struct SendParts<'a> {
+    send_ring: &'a mut Option<io_uring::IoUring>,
+    fd: RawFd,
+    v6: bool,
+    send_path: SendPath,
+    gso: &'a mut bool,
+    degraded: &'a mut Vec<Degraded>,
+}
+
+impl SendParts<'_> {
+    fn flush(&mut self, tx: &mut TxBatch, stats: &mut FlushStats) {
+        if tx.is_empty() {
+            return;
+        }
+        let (n, errors, dropped) = tx.build(*self.gso, self.v6);
+        stats.errors += errors;
+        stats.dropped += dropped;
+        let mut st = tx::SendState {
+            fd: self.fd,
+            gso: &mut *self.gso,
+            degraded: &mut *self.degraded,
+        };
+        match (self.send_ring.as_mut(), self.send_path) {
+            (Some(ring), SendPath::UringSendMsg) => uring::send_uring(ring, &mut st, tx, n, stats),
+            _ => tx::send_mmsg(&mut st, tx, n, stats),
+        }
+        tx.clear();
     }
 }
 

@@ -213,6 +213,12 @@ impl TxBatch {
         self.segs.len()
     }
 
+    /// More than half of the arena or of the segment descriptors is used: time to flush
+    /// before queueing more (see [`crate::Io::poll_forward`]).
+    pub fn over_high_water(&self) -> bool {
+        self.used * 2 > self.arena.len() || self.segs.len() * 2 > self.max_segs
+    }
+
     /// Arena bytes in use.
     pub fn arena_used(&self) -> usize {
         self.used

@@ -117,7 +117,61 @@ both_backends!(
     small_buffer_ring_rearms,
     v6_dest_on_v4_socket_counted,
     gso_refused_falls_back,
+    poll_forward_flushes_at_high_water,
 );
+
+/// 40 input datagrams each fanned out to 25 destinations through a batch that holds only 64
+/// segments: `poll_forward` must flush inside the receive loop (no reserve ever fails) and
+/// every destination gets all 40, in order.
+fn poll_forward_flushes_at_high_water(choice: BackendChoice) {
+    let (mut io, _ev) = open(choice, "127.0.0.1:0");
+    let dst = io.local_addr();
+    let rx: Vec<UdpSocket> = (0..25)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s
+        })
+        .collect();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..40u16 {
+        sender.send_to(&payload(7, i, 300), dst).unwrap();
+    }
+    let mut tx = TxBatch::new(1 << 20, 64);
+    tx.set_gso(io.gso());
+    let (mut got, mut failed, mut inner) = (0usize, 0usize, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got < 40 && Instant::now() < deadline {
+        let (st, fs) = io
+            .poll_forward(
+                Some(Duration::from_millis(100)),
+                &mut tx,
+                &mut |_, buf, tx| {
+                    for r in &rx {
+                        match tx.reserve(r.local_addr().unwrap(), buf.len()) {
+                            Some(out) => out.copy_from_slice(buf),
+                            None => failed += 1,
+                        }
+                    }
+                },
+            )
+            .unwrap();
+        got += st.datagrams;
+        inner += fs.segments;
+    }
+    let rest = io.flush(&mut tx);
+    assert_eq!(got, 40);
+    assert_eq!(failed, 0, "the batch never overflowed");
+    assert!(inner > 0, "flushed inside the receive loop");
+    assert_eq!(inner + rest.segments, 40 * 25);
+    let mut buf = [0u8; 2048];
+    for (d, r) in rx.iter().enumerate() {
+        for i in 0..40u16 {
+            let (n, _) = r.recv_from(&mut buf).expect("datagram");
+            assert_eq!(&buf[..n], &payload(7, i, 300)[..], "dest {d} seq {i}");
+        }
+    }
+}
 
 fn receive_200_in_order(choice: BackendChoice) {
     let (mut io, _ev) = open(choice, "127.0.0.1:0");
