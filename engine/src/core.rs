@@ -889,6 +889,7 @@ impl Core {
         };
         leg.nacks += 1;
         let Some(m) = leg.rw.map_out(out_seq) else {
+            self.counters.inc(Counter::DropRtxCacheMiss);
             return;
         };
         let (layer, src_seq, ts_offset) = (m.layer, m.src_seq, m.ts_offset);
@@ -896,13 +897,19 @@ impl Core {
             return;
         };
         let codec = track.codec;
+        // Every local leg of the track may have lost the same packet (one burst, one browser):
+        // each gets its own resend budget (RELIABILITY D9 still bounds the total).
+        let legs = u8::try_from(track.local_legs.len().max(1)).unwrap_or(u8::MAX);
+        let max_resends = ils_rtp::rtx::RTX_MAX_RESENDS.saturating_mul(legs);
         let Some(cache) = track.layers[usize::from(layer).min(MAX_LAYERS - 1)]
             .cache
             .as_mut()
         else {
+            self.counters.inc(Counter::DropRtxCacheMiss);
             return;
         };
-        let Some(pkt) = cache.get_for_resend(now, src_seq) else {
+        let Some(pkt) = cache.get_for_resend_up_to(now, src_seq, max_resends) else {
+            self.counters.inc(Counter::DropRtxCacheMiss);
             return;
         };
         let Ok(hdr) = RtpHeader::parse(pkt) else {

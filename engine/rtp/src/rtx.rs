@@ -96,9 +96,21 @@ impl RtxCache {
 
     /// The cached packet for `seq` if still present and not resent more than RTX_MAX_RESENDS times (counts a resend).
     pub fn get_for_resend(&mut self, now: Instant, seq: u16) -> Option<&[u8]> {
+        self.get_for_resend_up_to(now, seq, RTX_MAX_RESENDS)
+    }
+
+    /// Like [`Self::get_for_resend`] with the caller's limit: a cache shared by the `n`
+    /// subscribers of one stream allows `RTX_MAX_RESENDS × n` resends of a packet (capped at
+    /// 255), so subscribers that lost the same packet do not use up each other's budget.
+    pub fn get_for_resend_up_to(
+        &mut self,
+        now: Instant,
+        seq: u16,
+        max_resends: u8,
+    ) -> Option<&[u8]> {
         let i = self.slot(seq);
         let m = self.meta.get_mut(i)?;
-        if !m.valid || m.seq != seq || m.resends >= RTX_MAX_RESENDS {
+        if !m.valid || m.seq != seq || m.resends >= max_resends {
             self.misses += 1;
             return None;
         }
@@ -185,6 +197,12 @@ mod tests {
         // re-inserting (a new packet with that seq) resets the count
         c.insert(5, &[4]);
         assert_eq!(c.get_for_resend(t, 5), Some(&[4u8][..]));
+        // a shared cache: three subscribers lost the same packet, each gets its budget
+        c.insert(6, &[6]);
+        for _ in 0..3 * RTX_MAX_RESENDS {
+            assert!(c.get_for_resend_up_to(t, 6, 3 * RTX_MAX_RESENDS).is_some());
+        }
+        assert_eq!(c.get_for_resend_up_to(t, 6, 3 * RTX_MAX_RESENDS), None);
     }
 
     #[test]
