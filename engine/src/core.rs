@@ -59,6 +59,11 @@ pub const COMMANDS_PER_ITERATION: usize = 256;
 pub const TICK: Duration = Duration::from_millis(10);
 /// Interval of transport-cc feedback to publishers.
 pub const TWCC_INTERVAL: Duration = Duration::from_millis(100);
+/// Transport and leg stats events per report interval (per shard). Bounds the event rate a
+/// shard with many legs puts on the event ring (1 024 slots by default, shared with DTLS
+/// records): 512 per second; with more transports + legs, each is reported every
+/// ⌈n / 512⌉ intervals. Track stats (few, used for layer selection) are always sent.
+pub const MAX_STATS_EVENTS_PER_REPORT: usize = 512;
 /// Interval of receiver reports to publishers and stats events to control.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Simulcast encodings per track.
@@ -215,6 +220,8 @@ pub struct Core {
     nack_scratch: [u16; 64],
     id_scratch: Vec<u32>,
     lost_scratch: Vec<usize>,
+    /// Where the next stats events continue (see `stats_events`).
+    stats_cursor: usize,
 }
 
 fn layer_new(interval: Duration) -> Layer {
@@ -254,6 +261,7 @@ impl Core {
             nack_scratch: [0; 64],
             id_scratch: Vec::with_capacity(MAX_TRACKS),
             lost_scratch: Vec::with_capacity(64),
+            stats_cursor: 0,
         }
     }
 
@@ -1590,6 +1598,51 @@ impl Core {
         }
     }
 
+    /// Per-transport and per-leg stats events, at most `MAX_STATS_EVENTS_PER_REPORT` per report
+    /// interval, continuing where the previous interval stopped: with many legs each is
+    /// reported every few seconds instead of flooding the event ring (which also carries the
+    /// DTLS records of handshakes in progress).
+    fn stats_events(&mut self, out: &mut dyn Outbox) {
+        let total = self.transports.len() + self.legs.len();
+        let mut emitted = 0;
+        let mut visited = 0;
+        while visited < total && emitted < MAX_STATS_EVENTS_PER_REPORT {
+            let i = self.stats_cursor % total;
+            self.stats_cursor = (i + 1) % total;
+            visited += 1;
+            if let Some(t) = self.transports.get(i) {
+                let Some(t) = t.as_ref() else { continue };
+                out.event(
+                    0,
+                    &Event::TransportStats {
+                        transport: t.id,
+                        rx_packets: t.rx_packets,
+                        rx_bytes: t.rx_bytes,
+                        tx_packets: t.tx_packets,
+                        tx_bytes: t.tx_bytes,
+                        drops: t.drops,
+                        rtt_us: 0,
+                    },
+                );
+            } else if let Some(Some(l)) = self.legs.get(i - self.transports.len()) {
+                out.event(
+                    0,
+                    &Event::LegStats {
+                        leg: l.spec.leg,
+                        packets: l.packets,
+                        bytes: l.bytes,
+                        nacks: l.nacks,
+                        plis: l.plis,
+                        layer: l.rw.current_layer().unwrap_or(l.rw.target_layer()),
+                    },
+                );
+            } else {
+                continue;
+            }
+            emitted += 1;
+        }
+    }
+
     fn reports(&mut self, now: Instant, tx: &mut TxBatch, out: &mut dyn Outbox) {
         // receiver reports to publishers
         for t in self.transports.iter_mut().flatten() {
@@ -1614,32 +1667,8 @@ impl Core {
                     send_rtcp(t, &tmp[..len], tx);
                 }
             }
-            out.event(
-                0,
-                &Event::TransportStats {
-                    transport: t.id,
-                    rx_packets: t.rx_packets,
-                    rx_bytes: t.rx_bytes,
-                    tx_packets: t.tx_packets,
-                    tx_bytes: t.tx_bytes,
-                    drops: t.drops,
-                    rtt_us: 0,
-                },
-            );
         }
-        for l in self.legs.iter().flatten() {
-            out.event(
-                0,
-                &Event::LegStats {
-                    leg: l.spec.leg,
-                    packets: l.packets,
-                    bytes: l.bytes,
-                    nacks: l.nacks,
-                    plis: l.plis,
-                    layer: l.rw.current_layer().unwrap_or(l.rw.target_layer()),
-                },
-            );
-        }
+        self.stats_events(out);
         for (&id, t) in self.tracks.iter().filter(|(_, t)| t.home) {
             let active = t.layers.iter().filter(|l| l.ssrc != 0).count() as u8;
             out.event(
@@ -1804,4 +1833,48 @@ fn send_rtcp(t: &mut Transport, plain: &[u8], tx: &mut TxBatch) -> bool {
     t.tx_packets += 1;
     t.tx_bytes += total as u64;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_events_are_bounded_per_interval_and_rotate_over_everyone() {
+        let mut core = Core::new(CoreConfig::single(), Mesh::new(1));
+        let mut tx = TxBatch::new(1 << 20, 1024);
+        let mut out = VecOutbox::default();
+        let t0 = Instant::now();
+        let n = 1000u32;
+        for i in 0..n {
+            let ufrag = format!("uf{i:04}");
+            let cmd = Command::AddTransport {
+                transport: i,
+                ufrag: ufrag.as_bytes(),
+                pwd: b"0123456789abcdef0123456789",
+                consent_timeout_ms: 0,
+            };
+            core.handle_command(t0, i, &cmd, &mut tx, &mut out);
+        }
+        out.events.clear();
+        let mut seen = std::collections::HashSet::new();
+        for k in 1..=2u32 {
+            core.handle_timeout(t0 + REPORT_INTERVAL * k, &mut tx, &mut out);
+            let ids: Vec<u32> = out
+                .events
+                .drain(..)
+                .filter_map(|e| match Event::decode(&e) {
+                    Ok((_, Event::TransportStats { transport, .. })) => Some(transport),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ids.len(), MAX_STATS_EVENTS_PER_REPORT, "interval {k}");
+            seen.extend(ids);
+        }
+        assert_eq!(
+            seen.len(),
+            n as usize,
+            "every transport reported within two intervals"
+        );
+    }
 }
