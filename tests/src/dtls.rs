@@ -16,9 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, Mutex};
+
 use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
@@ -27,11 +26,6 @@ use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 use webrtc_util::conn::Conn;
 use webrtc_util::KeyingMaterialExporter;
-
-/// Capacity (datagrams) of each direction of a [`ChannelConn`] made by [`ChannelConn::pair`].
-/// Default 256; bounds memory held by a stalled reader to 256 × the largest datagram
-/// (≈ 256 × 1500 B ≈ 384 KiB per direction in practice, 256 × 64 KiB worst case).
-pub const CHANNEL_CAPACITY: usize = 256;
 
 /// How long [`dtls_client_conn`] waits for the whole handshake. Default 10 s; bounds a test
 /// that would otherwise hang on a silent or stuck server. (The server side uses control's
@@ -49,141 +43,13 @@ pub const PROFILE_AEAD_AES_128_GCM: u16 = 0x0007;
 /// SRTP profiles the server accepts, most preferred first (control's list).
 pub const SERVER_PROFILE_PREFERENCE: [u16; 2] = ils_control::dtls::SERVER_PROFILE_PREFERENCE;
 
-/// A datagram [`Conn`] over two tokio mpsc channels.
-///
-/// `recv` yields the next inbound datagram (truncating to the caller's buffer, as UDP does);
-/// `send` pushes a copy into the outbound channel. Once the inbound channel is closed, `recv`
-/// waits forever (webrtc-dtls' reader loop would spin on a repeated error) until
-/// [`Conn::close`] is called, after which it returns an error.
-pub struct ChannelConn {
-    inbound: Mutex<mpsc::Receiver<Vec<u8>>>,
-    outbound: mpsc::Sender<Vec<u8>>,
-    local: SocketAddr,
-    remote: SocketAddr,
-    closed: tokio::sync::watch::Sender<bool>,
-}
-
-/// The far ends of a [`ChannelConn`] made by [`ChannelConn::pair`].
-pub struct ChannelEnds {
-    /// Push datagrams here: the conn's `recv` returns them.
-    pub inbound_tx: mpsc::Sender<Vec<u8>>,
-    /// The conn's `send`s arrive here.
-    pub outbound_rx: mpsc::Receiver<Vec<u8>>,
-}
-
-impl ChannelConn {
-    /// A conn reading `inbound` and writing `outbound`; `local`/`remote` are only reported.
-    pub fn new(
-        inbound: mpsc::Receiver<Vec<u8>>,
-        outbound: mpsc::Sender<Vec<u8>>,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> Self {
-        let (closed, _) = tokio::sync::watch::channel(false);
-        Self {
-            inbound: Mutex::new(inbound),
-            outbound,
-            local,
-            remote,
-            closed,
-        }
-    }
-
-    /// A conn plus fresh channels of [`CHANNEL_CAPACITY`] datagrams each way.
-    pub fn pair(local: SocketAddr, remote: SocketAddr) -> (Self, ChannelEnds) {
-        let (inbound_tx, inbound_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (outbound_tx, outbound_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        (
-            Self::new(inbound_rx, outbound_tx, local, remote),
-            ChannelEnds {
-                inbound_tx,
-                outbound_rx,
-            },
-        )
-    }
-
-    fn closed_error() -> webrtc_util::Error {
-        webrtc_util::Error::ErrUseClosedNetworkConn
-    }
-}
-
-/// Resolve once the watch flag turns true (or its sender is gone).
-async fn wait_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|c| *c).await.map(|_| ());
-}
+/// The datagram [`Conn`] over channels is control's (one implementation for the server and
+/// the test peers' DTLS clients).
+pub use ils_control::dtls::{ChannelConn, ChannelEnds, CHANNEL_CAPACITY};
 
 /// A placeholder address for conns that have no real socket.
 pub fn placeholder_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-}
-
-#[async_trait]
-impl Conn for ChannelConn {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(webrtc_util::Error::Other(
-            "ChannelConn is already connected".into(),
-        ))
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let mut closed = self.closed.subscribe();
-        if *closed.borrow() {
-            return Err(Self::closed_error());
-        }
-        let mut inbound = self.inbound.lock().await;
-        tokio::select! {
-            got = inbound.recv() => match got {
-                Some(d) => {
-                    let n = d.len().min(buf.len());
-                    buf[..n].copy_from_slice(&d[..n]);
-                    Ok(n)
-                }
-                None => {
-                    // Sender gone: wait for close() rather than erroring in a tight loop.
-                    wait_closed(&mut closed).await;
-                    Err(Self::closed_error())
-                }
-            },
-            _ = wait_closed(&mut closed) => Err(Self::closed_error()),
-        }
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let n = self.recv(buf).await?;
-        Ok((n, self.remote))
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        if *self.closed.borrow() {
-            return Err(Self::closed_error());
-        }
-        self.outbound
-            .send(buf.to_vec())
-            .await
-            .map_err(|_| Self::closed_error())?;
-        Ok(buf.len())
-    }
-
-    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.send(buf).await
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        Some(self.remote)
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.closed.send_replace(true);
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
 }
 
 /// Result of a completed DTLS-SRTP handshake: the negotiated profile and the RFC 5764 §4.2

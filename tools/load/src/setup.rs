@@ -9,10 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use rand::Rng;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 use webrtc_dtls::config::{Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
@@ -437,104 +436,8 @@ async fn dtls_client(
     Ok((profile_id, km))
 }
 
-/// A datagram [`Conn`] over two tokio channels (the DTLS client's view of our socket).
-pub struct ChannelConn {
-    inbound: Mutex<mpsc::Receiver<Vec<u8>>>,
-    outbound: mpsc::Sender<Vec<u8>>,
-    local: SocketAddr,
-    remote: SocketAddr,
-    closed: tokio::sync::watch::Sender<bool>,
-}
-
-impl ChannelConn {
-    /// A conn reading `inbound` and writing `outbound`.
-    pub fn new(
-        inbound: mpsc::Receiver<Vec<u8>>,
-        outbound: mpsc::Sender<Vec<u8>>,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> Self {
-        let (closed, _) = tokio::sync::watch::channel(false);
-        Self {
-            inbound: Mutex::new(inbound),
-            outbound,
-            local,
-            remote,
-            closed,
-        }
-    }
-}
-
-/// Resolve once the watch flag turns true (or its sender is gone).
-async fn wait_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|c| *c).await.map(|_| ());
-}
-
-#[async_trait]
-impl Conn for ChannelConn {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(webrtc_util::Error::Other("already connected".into()))
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let mut closed = self.closed.subscribe();
-        if *closed.borrow() {
-            return Err(webrtc_util::Error::ErrUseClosedNetworkConn);
-        }
-        let mut inbound = self.inbound.lock().await;
-        tokio::select! {
-            got = inbound.recv() => match got {
-                Some(d) => {
-                    let n = d.len().min(buf.len());
-                    buf[..n].copy_from_slice(&d[..n]);
-                    Ok(n)
-                }
-                None => {
-                    wait_closed(&mut closed).await;
-                    Err(webrtc_util::Error::ErrUseClosedNetworkConn)
-                }
-            },
-            _ = wait_closed(&mut closed) => Err(webrtc_util::Error::ErrUseClosedNetworkConn),
-        }
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let n = self.recv(buf).await?;
-        Ok((n, self.remote))
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        if *self.closed.borrow() {
-            return Err(webrtc_util::Error::ErrUseClosedNetworkConn);
-        }
-        self.outbound
-            .send(buf.to_vec())
-            .await
-            .map_err(|_| webrtc_util::Error::ErrUseClosedNetworkConn)?;
-        Ok(buf.len())
-    }
-
-    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.send(buf).await
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        Some(self.remote)
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.closed.send_replace(true);
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
+/// The DTLS client's view of our socket: control's datagram [`Conn`] over two channels.
+pub use ils_control::dtls::ChannelConn;
 
 #[cfg(test)]
 mod tests {
