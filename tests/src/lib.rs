@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod dtls;
+pub mod http;
 pub mod peer;
 pub mod proc;
 pub mod scenario;

@@ -2,80 +2,14 @@
 //! (RELIABILITY C8: no session, no engine row), and a real Chromium offer is answered, listed
 //! and deleted.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ils_control::auth::{self, Role, Secret};
-use ils_tests::{free_udp_port_range, workspace_bin, ChildGuard};
+use ils_tests::http::{metric, now_unix as now, request, start_control};
 
 const SECRET: &str = "control-http-test-secret-0123456789";
 const CHROMIUM_OFFER: &str =
     include_str!("../../control/src/sdp/fixtures/chromium156-offer-simulcast.sdp");
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect to ils-control");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn token(room: &str, role: Role, ttl: Duration, at: u64) -> String {
     auth::issue(
@@ -88,65 +22,11 @@ fn token(room: &str, role: Role, ttl: Duration, at: u64) -> String {
     )
 }
 
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let m = request(addr, "GET", "/metrics", &[], "");
-    m.body
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
-/// Stops control with SIGTERM (a graceful stop also stops its engine; SIGKILL would leave the
-/// engine running on purpose) before the guard's SIGKILL.
-struct Control(ChildGuard);
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.0.signal(libc::SIGTERM);
-        let _ = self.0.wait_timeout(Duration::from_secs(10));
-    }
-}
-
-fn start_control(data: &std::path::Path) -> (Control, SocketAddr) {
-    let http = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port");
-    let udp = free_udp_port_range(1);
-    let mut cmd = Command::new(workspace_bin("ils-control"));
-    cmd.args(["--data-dir"])
-        .arg(data)
-        .args([
-            "--http",
-            &http.to_string(),
-            "--ports",
-            &udp.to_string(),
-            "--cores",
-            "1",
-        ])
-        .env("ILS_SECRET", SECRET)
-        .env("ILS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child =
-        ChildGuard::spawn(&mut cmd).expect("spawn ils-control (cargo build -p ils-control)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(http).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ils-control did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Control(child), http)
-}
-
 #[test]
 fn refusals_allocate_nothing_and_a_real_offer_is_answered() {
     let data = std::env::temp_dir().join(format!("ils-control-http-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let (_control, addr) = start_control(&data);
+    let (_control, addr) = start_control(&data, SECRET);
     let sdp = ("Content-Type", "application/sdp");
     let host = token("r1", Role::Host, Duration::from_secs(600), now());
     let bearer = format!("Bearer {host}");

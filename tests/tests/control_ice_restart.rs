@@ -5,82 +5,17 @@
 //! (authenticated with the new password, checked with webrtc-rs `stun`) and ignores the old ones.
 //! Trickle PATCHes get 204, a stale `If-Match` 412.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use ils_control::auth::{self, Role, Secret};
+use ils_tests::http::{metric, now_unix as now, request, start_control};
 use ils_tests::peer::{binding_request, check_binding_response};
-use ils_tests::{free_udp_port_range, workspace_bin, ChildGuard};
 
 const SECRET: &str = "control-ice-restart-test-secret-0123456789";
 const CHROMIUM_OFFER: &str =
     include_str!("../../control/src/sdp/fixtures/chromium156-offer-simulcast.sdp");
 const FRAG: &str = "application/trickle-ice-sdpfrag";
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect to ils-control");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// First `a=<attr>:` value in an SDP or sdpfrag.
 fn attr(sdp: &str, name: &str) -> String {
@@ -99,16 +34,6 @@ fn candidate(sdp: &str) -> SocketAddr {
     format!("{}:{}", f[4], f[5])
         .parse()
         .expect("candidate address")
-}
-
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let m = request(addr, "GET", "/metrics", &[], "");
-    m.body
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 fn wait_applied(addr: SocketAddr, above: u64) {
@@ -144,34 +69,7 @@ fn check(sock: &UdpSocket, to: SocketAddr, user: &str, pwd: &str, wait: Duration
 fn patch_with_new_credentials_restarts_ice_in_the_engine() {
     let data = std::env::temp_dir().join(format!("ils-control-ice-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let http = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port");
-    let udp = free_udp_port_range(1);
-    let mut cmd = Command::new(workspace_bin("ils-control"));
-    cmd.args(["--data-dir"])
-        .arg(&data)
-        .args([
-            "--http",
-            &http.to_string(),
-            "--ports",
-            &udp.to_string(),
-            "--cores",
-            "1",
-        ])
-        .env("ILS_SECRET", SECRET)
-        .env("ILS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut control = ChildGuard::spawn(&mut cmd).expect("spawn ils-control");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(http).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ils-control did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (control, http) = start_control(&data, SECRET);
     let token = auth::issue(
         &Secret::from_str(SECRET),
         "r1",
@@ -307,7 +205,6 @@ fn patch_with_new_credentials_restarts_ice_in_the_engine() {
 
     assert_eq!(request(http, "DELETE", &loc, &[auth_h], "").status, 200);
     // Graceful stop also stops the engine it started.
-    let _ = control.signal(libc::SIGTERM);
-    let _ = control.wait_timeout(Duration::from_secs(5));
+    drop(control);
     let _ = std::fs::remove_dir_all(&data);
 }

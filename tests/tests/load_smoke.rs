@@ -5,57 +5,14 @@
 //! Needs `cargo build -p ils-control -p ils-load` (both are default workspace members, so a
 //! plain `cargo build` does it).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ils_tests::{free_udp_port_range, workspace_bin, ChildGuard};
+use ils_tests::http::start_control;
+use ils_tests::workspace_bin;
 
 const SECRET: &str = "load-smoke-test-secret-0123456789";
 const VIEWERS: usize = 200;
-
-/// Stops control with SIGTERM (a graceful stop also stops its engine) before the guard's SIGKILL.
-struct Control(ChildGuard);
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.0.signal(libc::SIGTERM);
-        let _ = self.0.wait_timeout(Duration::from_secs(10));
-    }
-}
-
-fn start_control(data: &std::path::Path) -> (Control, SocketAddr) {
-    let http = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port");
-    let udp = free_udp_port_range(1);
-    let mut cmd = Command::new(workspace_bin("ils-control"));
-    cmd.arg("--data-dir")
-        .arg(data)
-        .args([
-            "--http",
-            &http.to_string(),
-            "--ports",
-            &udp.to_string(),
-            "--cores",
-            "1",
-        ])
-        .env("ILS_SECRET", SECRET)
-        .env("ILS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child =
-        ChildGuard::spawn(&mut cmd).expect("spawn ils-control (cargo build -p ils-control)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(http).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ils-control did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Control(child), http)
-}
 
 /// The number after `"key":` in a JSON text (keys used here are unique in result.json).
 fn json_num(text: &str, key: &str) -> f64 {
@@ -75,7 +32,7 @@ fn json_num(text: &str, key: &str) -> f64 {
 fn two_hundred_audio_viewers_for_ten_seconds() {
     let tmp = std::env::temp_dir().join(format!("ils-load-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let (control, addr) = start_control(&tmp.join("data"));
+    let (control, addr) = start_control(&tmp.join("data"), SECRET);
     let out = tmp.join("out");
     let started = Instant::now();
     let load = Command::new(workspace_bin("ils-load"))
