@@ -81,6 +81,14 @@ pub struct MediaSlot {
     pub leg: Option<(u32, u32)>,
     /// Viewer: simulcast layer chosen automatically (upgraded as the publisher's layers appear).
     pub layer: u8,
+    /// ILS viewer: the publisher session this slot is pinned to by [`Rooms::set_slot`] (fed as
+    /// soon as both sides are connected); `None` = the slot stays quiet.
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// ILS viewer: the simulcast layer asked for with [`Rooms::set_slot`] (0 low, 1 mid, 2
+    /// high); the leg gets the highest layer the publisher sends that is not above it.
+    #[serde(default)]
+    pub want_layer: u8,
 }
 
 /// A WHIP or WHEP session.
@@ -119,6 +127,15 @@ pub struct Session {
     /// new entity-tag).
     #[serde(default)]
     pub ice_generation: u32,
+    /// ILS session (issue 5, `/ws`), set by [`Rooms::mark_ils`]: a viewer's slots are mapped
+    /// only by [`Rooms::set_slot`], never automatically; a publisher feeds automatic (WHEP)
+    /// viewers only while [`Session::public`] (on stage). `false` for WHIP/WHEP sessions.
+    #[serde(default)]
+    pub ils: bool,
+    /// ILS publisher: on stage, so WHEP viewers of the room may receive it. Green-room
+    /// publishers are never auto-attached ([`Rooms::set_public`]).
+    #[serde(default)]
+    pub public: bool,
 }
 
 impl Session {
@@ -292,6 +309,16 @@ pub enum RoomError {
     /// Unknown session.
     #[error("no such session")]
     UnknownSession,
+    /// A slot operation on a session that is not an ILS viewer (or a publisher that is not a
+    /// publisher of the same room).
+    #[error("not an ILS subscriber session of this room: slots are only mapped on /ws subscribe sessions")]
+    NotIls,
+    /// The viewer has no m-line with this mid.
+    #[error("no slot with this mid in the subscriber session")]
+    UnknownSlot,
+    /// The publisher has no track of the slot's kind and codec.
+    #[error("the publisher sends no track of this slot's kind and codec")]
+    Incompatible,
 }
 
 impl RoomError {
@@ -300,7 +327,8 @@ impl RoomError {
         match self {
             RoomError::Capacity(_) => 503,
             RoomError::StageFull => 409,
-            RoomError::UnknownSession => 404,
+            RoomError::UnknownSession | RoomError::UnknownSlot => 404,
+            RoomError::NotIls | RoomError::Incompatible => 409,
         }
     }
 }
@@ -340,6 +368,9 @@ pub struct Rooms {
     ids: IdCounters,
     #[serde(skip)]
     shard_load: Vec<usize>,
+    /// Active simulcast layers per publisher track, as last reported by the engine.
+    #[serde(skip)]
+    layers_active: HashMap<u32, u8>,
 }
 
 fn ext_pairs(e: &crate::sdp::ExtIds) -> Vec<(String, u8)> {
@@ -395,6 +426,7 @@ impl Rooms {
                 ssrc: 0x1000_0000,
             },
             shard_load: vec![0; shards.max(1)],
+            layers_active: HashMap::new(),
         }
     }
 
@@ -599,6 +631,8 @@ impl Rooms {
                 track,
                 leg: None,
                 layer: 0,
+                pin: None,
+                want_layer: 0,
             });
         }
         let s = Session {
@@ -616,6 +650,8 @@ impl Rooms {
             created: now_unix,
             remote_ice_ufrag: String::new(),
             ice_generation: 0,
+            ils: false,
+            public: false,
         };
         if let Some(l) = self.shard_load.get_mut(a.shard) {
             *l += 1;
@@ -685,6 +721,7 @@ impl Rooms {
                 p.room == room
                     && p.kind == SessionKind::Publisher
                     && p.state == SessionState::Connected
+                    && (!p.ils || p.public)
             })
             .collect();
         pubs.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
@@ -746,7 +783,7 @@ impl Rooms {
         let Some(v) = self.sessions.get(viewer_id).cloned() else {
             return cmds;
         };
-        if v.state != SessionState::Connected || v.kind != SessionKind::Viewer {
+        if v.state != SessionState::Connected || v.kind != SessionKind::Viewer || v.ils {
             return cmds;
         }
         let mut taken: Vec<u32> = v
@@ -786,6 +823,200 @@ impl Rooms {
         cmds
     }
 
+    /// Make `id` an ILS session (issue 5, `/ws`): call right after [`Rooms::create_session`],
+    /// before it connects. A viewer's slots are then mapped only by [`Rooms::set_slot`]; a
+    /// publisher starts private (green room: no WHEP viewer is fed from it until
+    /// [`Rooms::set_public`]).
+    pub fn mark_ils(&mut self, id: &str) -> Result<(), RoomError> {
+        let s = self.sessions.get_mut(id).ok_or(RoomError::UnknownSession)?;
+        s.ils = true;
+        s.public = false;
+        Ok(())
+    }
+
+    /// An ILS publisher went on stage (`public = true`: WHEP viewers of the room may be fed from
+    /// it, as from any WHIP publisher) or off it (`false`: every automatic WHEP leg from its
+    /// tracks is removed and those slots re-fed from the next public publisher). ILS subscriber
+    /// slots are not touched: they follow [`Rooms::set_slot`].
+    pub fn set_public(&mut self, id: &str, public: bool) -> Result<Vec<EngineCmd>, RoomError> {
+        let s = self.sessions.get_mut(id).ok_or(RoomError::UnknownSession)?;
+        if !s.ils || s.kind != SessionKind::Publisher {
+            return Err(RoomError::NotIls);
+        }
+        if s.public == public {
+            return Ok(Vec::new());
+        }
+        s.public = public;
+        let room = s.room.clone();
+        let tracks: Vec<u32> = s.media.iter().map(|m| m.track).collect();
+        let mut cmds = Vec::new();
+        let viewers: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|v| v.room == room && v.kind == SessionKind::Viewer && !v.ils)
+            .map(|v| v.id.clone())
+            .collect();
+        if !public {
+            for vid in &viewers {
+                if let Some(v) = self.sessions.get_mut(vid) {
+                    for slot in &mut v.media {
+                        if let Some((leg, t)) = slot.leg {
+                            if tracks.contains(&t) {
+                                cmds.push(EngineCmd::RemoveLeg {
+                                    shard: v.shard,
+                                    leg,
+                                });
+                                slot.leg = None;
+                                slot.layer = 0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for vid in &viewers {
+            cmds.extend(self.feed_viewer(vid));
+        }
+        Ok(cmds)
+    }
+
+    /// Map the slot `mid` of ILS subscriber `viewer_id` to publisher `publisher_id` (its track
+    /// of the slot's kind and codec) at simulcast layer `layer` (0 low, 1 mid, 2 high; the
+    /// highest active layer not above it is used), or unmap it (`None`: the slot goes quiet).
+    /// No renegotiation: the viewer's SSRC/payload type stay, the engine leg changes. A pin to a
+    /// publisher that has not connected yet takes effect when it does (and is dropped when it
+    /// leaves). Same pin with another layer: one `SelectLayer`.
+    pub fn set_slot(
+        &mut self,
+        viewer_id: &str,
+        mid: &str,
+        feed: Option<(&str, u8)>,
+    ) -> Result<Vec<EngineCmd>, RoomError> {
+        let v = self
+            .sessions
+            .get(viewer_id)
+            .ok_or(RoomError::UnknownSession)?;
+        if !v.ils || v.kind != SessionKind::Viewer {
+            return Err(RoomError::NotIls);
+        }
+        let i = v
+            .media
+            .iter()
+            .position(|m| m.mid == mid)
+            .ok_or(RoomError::UnknownSlot)?;
+        let slot = &v.media[i];
+        if let Some((pid, _)) = feed {
+            let p = self.sessions.get(pid).ok_or(RoomError::UnknownSession)?;
+            if p.kind != SessionKind::Publisher || p.room != v.room {
+                return Err(RoomError::NotIls);
+            }
+            if !p
+                .media
+                .iter()
+                .any(|m| m.video == slot.video && m.codec.eq_ignore_ascii_case(&slot.codec))
+            {
+                return Err(RoomError::Incompatible);
+            }
+        }
+        let want = feed.map(|(p, l)| (p.to_string(), l.min(2)));
+        let mut cmds = Vec::new();
+        if let (Some((pid, layer)), Some(cur)) = (&want, slot.pin.as_ref()) {
+            if pid == cur {
+                let top = slot
+                    .leg
+                    .and_then(|(_, t)| self.layers_active.get(&t).copied())
+                    .unwrap_or(1)
+                    .saturating_sub(1)
+                    .min(2);
+                let eff = (*layer).min(top);
+                let shard = v.shard;
+                let s = &mut self
+                    .sessions
+                    .get_mut(viewer_id)
+                    .ok_or(RoomError::UnknownSession)?
+                    .media[i];
+                s.want_layer = *layer;
+                if let Some((leg, _)) = s.leg {
+                    if s.video && s.layer != eff {
+                        s.layer = eff;
+                        cmds.push(EngineCmd::SelectLayer {
+                            shard,
+                            leg,
+                            layer: eff,
+                        });
+                    }
+                }
+                return Ok(cmds);
+            }
+        }
+        let shard = v.shard;
+        let s = &mut self
+            .sessions
+            .get_mut(viewer_id)
+            .ok_or(RoomError::UnknownSession)?
+            .media[i];
+        if let Some((leg, _)) = s.leg.take() {
+            cmds.push(EngineCmd::RemoveLeg { shard, leg });
+        }
+        s.layer = 0;
+        s.pin = want.as_ref().map(|(p, _)| p.clone());
+        s.want_layer = want.as_ref().map_or(0, |(_, l)| *l);
+        cmds.extend(self.feed_pins(viewer_id));
+        Ok(cmds)
+    }
+
+    /// Legs for every pinned, unfed slot of ILS viewer `viewer_id` whose publisher is connected.
+    fn feed_pins(&mut self, viewer_id: &str) -> Vec<EngineCmd> {
+        let mut cmds = Vec::new();
+        let Some(v) = self.sessions.get(viewer_id).cloned() else {
+            return cmds;
+        };
+        if !v.ils || v.kind != SessionKind::Viewer || v.state != SessionState::Connected {
+            return cmds;
+        }
+        for (i, slot) in v.media.iter().enumerate() {
+            let (None, Some(pid)) = (slot.leg, slot.pin.as_ref()) else {
+                continue;
+            };
+            let Some(feeder) = self
+                .sessions
+                .get(pid)
+                .filter(|p| p.state == SessionState::Connected)
+                .and_then(|p| {
+                    p.media.iter().find(|m| {
+                        m.video == slot.video && m.codec.eq_ignore_ascii_case(&slot.codec)
+                    })
+                })
+                .cloned()
+            else {
+                continue;
+            };
+            let top = self
+                .layers_active
+                .get(&feeder.track)
+                .copied()
+                .unwrap_or(1)
+                .saturating_sub(1)
+                .min(2);
+            let mut slot = slot.clone();
+            slot.layer = slot.want_layer.min(top);
+            let spec = self.leg_for(&v, &slot, &feeder);
+            if let Some(s) = self
+                .sessions
+                .get_mut(viewer_id)
+                .and_then(|s| s.media.get_mut(i))
+            {
+                s.leg = Some((spec.leg, spec.track));
+                s.layer = spec.layer;
+            }
+            cmds.push(EngineCmd::AddLeg {
+                shard: v.shard,
+                spec,
+            });
+        }
+        cmds
+    }
+
     /// DTLS finished for `id`: install keys, publish its tracks / feed it.
     pub fn handle_connected(
         &mut self,
@@ -813,23 +1044,47 @@ impl Rooms {
                     .collect();
                 for v in viewers {
                     cmds.extend(self.feed_viewer(&v));
+                    cmds.extend(self.feed_pins(&v));
                 }
             }
-            SessionKind::Viewer => cmds.extend(self.feed_viewer(id)),
+            SessionKind::Viewer => {
+                cmds.extend(self.feed_viewer(id));
+                cmds.extend(self.feed_pins(id));
+            }
         }
         Ok(cmds)
     }
 
     /// The engine reports the publisher's track now has `layers_active` encodings: move
     /// automatically-placed viewer legs up to the highest one.
+    ///
+    /// ILS slots ([`Rooms::set_slot`]) follow their asked-for layer instead: the highest active
+    /// layer not above it, up or down as layers appear and disappear.
     pub fn handle_track_layers(&mut self, track: u32, layers_active: u8) -> Vec<EngineCmd> {
         let mut cmds = Vec::new();
+        self.layers_active.insert(track, layers_active);
+        let top = layers_active.saturating_sub(1).min(2);
+        for v in self.sessions.values_mut().filter(|v| v.ils) {
+            for slot in &mut v.media {
+                if let Some((leg, t)) = slot.leg {
+                    let want = slot.want_layer.min(top);
+                    if t == track && slot.video && layers_active > 0 && slot.layer != want {
+                        slot.layer = want;
+                        cmds.push(EngineCmd::SelectLayer {
+                            shard: v.shard,
+                            leg,
+                            layer: want,
+                        });
+                    }
+                }
+            }
+        }
         if layers_active < 2 {
             return cmds;
         }
-        let target = (layers_active - 1).min(2);
+        let target = top;
         for v in self.sessions.values_mut() {
-            if v.kind != SessionKind::Viewer {
+            if v.kind != SessionKind::Viewer || v.ils {
                 continue;
             }
             for slot in &mut v.media {
@@ -859,8 +1114,14 @@ impl Rooms {
         let mut refeed = Vec::new();
         if s.kind == SessionKind::Publisher {
             let tracks: Vec<u32> = s.media.iter().map(|m| m.track).collect();
+            for t in &tracks {
+                self.layers_active.remove(t);
+            }
             for v in self.sessions.values_mut() {
                 for slot in &mut v.media {
+                    if slot.pin.as_deref() == Some(id) {
+                        slot.pin = None;
+                    }
                     if let Some((leg, t)) = slot.leg {
                         if tracks.contains(&t) {
                             cmds.push(EngineCmd::RemoveLeg {
@@ -1331,6 +1592,158 @@ mod tests {
             r.commit_ice_restart(&ghost, "x").unwrap_err(),
             RoomError::UnknownSession
         );
+    }
+
+    /// An ILS session: created like WHIP/WHEP, then marked before it connects.
+    fn join_ils(r: &mut Rooms, room: &str, kind: SessionKind, seed: u8) -> String {
+        let a = r.allocate(room, kind, &rnd(seed)).expect("capacity");
+        let m = match kind {
+            SessionKind::Publisher => vec![
+                media("0", Kind::Audio, "opus", 111, &[], None),
+                media("1", Kind::Video, "VP8", 96, &["q", "h", "f"], None),
+            ],
+            SessionKind::Viewer => {
+                let (s1, s2, s3) = (r.next_ssrc(), r.next_ssrc() + 10, r.next_ssrc() + 20);
+                vec![
+                    media("v0", Kind::Video, "VP8", 100, &[], Some(s1)),
+                    media("v1", Kind::Video, "VP8", 100, &[], Some(s2)),
+                    media("a0", Kind::Audio, "opus", 111, &[], Some(s3)),
+                ]
+            }
+        };
+        r.create_session(&a, room, kind, None, "sha-256 AA".into(), &m, 10);
+        r.mark_ils(&a.id).expect("just created");
+        a.id
+    }
+
+    fn removed_legs(cmds: &[EngineCmd]) -> Vec<u32> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                EngineCmd::RemoveLeg { leg, .. } => Some(*leg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn green_room_publisher_never_reaches_whep_viewers_until_public() {
+        let mut r = Rooms::new(1);
+        let (w, _) = join(&mut r, "a", SessionKind::Viewer, 1, 10);
+        r.handle_connected(&w, keys()).expect("known");
+        let host = join_ils(&mut r, "a", SessionKind::Publisher, 2);
+        let cmds = r.handle_connected(&host, keys()).expect("known");
+        assert!(
+            legs(&cmds).is_empty(),
+            "green room: the WHEP viewer gets nothing"
+        );
+        // a WHEP viewer arriving later does not get it either
+        let (w2, _) = join(&mut r, "a", SessionKind::Viewer, 3, 11);
+        assert!(legs(&r.handle_connected(&w2, keys()).expect("known")).is_empty());
+        // on stage: both WHEP viewers are fed (audio + video)
+        let on = r.set_public(&host, true).expect("ils publisher");
+        assert_eq!(legs(&on).len(), 4);
+        assert!(
+            r.set_public(&host, true).expect("same").is_empty(),
+            "idempotent"
+        );
+        // back to the green room: every leg goes
+        let off = r.set_public(&host, false).expect("ils publisher");
+        assert_eq!(removed_legs(&off).len(), 4);
+        assert!(
+            legs(&off).is_empty(),
+            "no other public publisher to re-feed from"
+        );
+        // a plain WHIP publisher cannot be made private
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 4, 12);
+        assert_eq!(r.set_public(&p, false).unwrap_err(), RoomError::NotIls);
+    }
+
+    #[test]
+    fn ils_subscriber_slots_follow_set_slot_only() {
+        let mut r = Rooms::new(1);
+        let (whip, _) = join(&mut r, "a", SessionKind::Publisher, 1, 5);
+        r.handle_connected(&whip, keys()).expect("known");
+        let sub = join_ils(&mut r, "a", SessionKind::Viewer, 2);
+        let cmds = r.handle_connected(&sub, keys()).expect("known");
+        assert!(legs(&cmds).is_empty(), "ILS slots are never auto-mapped");
+        let host = join_ils(&mut r, "a", SessionKind::Publisher, 3);
+        // pinned before the host connects: fed when it does
+        assert!(r
+            .set_slot(&sub, "v1", Some((&host, 2)))
+            .expect("ok")
+            .is_empty());
+        let cmds = r.handle_connected(&host, keys()).expect("known");
+        let l = legs(&cmds);
+        assert_eq!(l.len(), 1, "only the pinned slot");
+        let host_video = r.session(&host).expect("host").media[1].track;
+        assert_eq!(l[0].track, host_video);
+        assert_eq!(l[0].layer, 0, "layers unknown yet: lowest");
+        let sub_v1_ssrc = r.session(&sub).expect("sub").media[1].send_ssrc;
+        assert_eq!(
+            l[0].ssrc, sub_v1_ssrc,
+            "the slot's own SSRC: no renegotiation"
+        );
+        // the host's layers appear: the slot goes up to what it asked for
+        let up = r.handle_track_layers(host_video, 3);
+        assert!(up.contains(&EngineCmd::SelectLayer {
+            shard: 0,
+            leg: l[0].leg,
+            layer: 2
+        }));
+        // slot_size down: one SelectLayer
+        let down = r.set_slot(&sub, "v1", Some((&host, 0))).expect("ok");
+        assert_eq!(
+            down,
+            vec![EngineCmd::SelectLayer {
+                shard: 0,
+                leg: l[0].leg,
+                layer: 0
+            }]
+        );
+        // audio slot to the host, video slot 0 to the WHIP publisher
+        let a = legs(&r.set_slot(&sub, "a0", Some((&host, 0))).expect("ok"));
+        assert_eq!(a[0].track, r.session(&host).expect("host").media[0].track);
+        assert_eq!(
+            legs(&r.set_slot(&sub, "v0", Some((&whip, 1))).expect("ok")).len(),
+            1
+        );
+        // remap v1 to the WHIP publisher: old leg removed, new one added
+        let re = r.set_slot(&sub, "v1", Some((&whip, 1))).expect("ok");
+        assert_eq!(removed_legs(&re), vec![l[0].leg]);
+        assert_eq!(legs(&re).len(), 1);
+        // unmap
+        let off = r.set_slot(&sub, "v1", None).expect("ok");
+        assert_eq!(removed_legs(&off).len(), 1);
+        assert!(r.session(&sub).expect("sub").media[1].leg.is_none());
+        // refusals
+        assert_eq!(
+            r.set_slot(&sub, "zz", None).unwrap_err(),
+            RoomError::UnknownSlot
+        );
+        assert_eq!(
+            r.set_slot(&sub, "v0", Some(("nope", 0))).unwrap_err(),
+            RoomError::UnknownSession
+        );
+        assert_eq!(
+            r.set_slot(&sub, "v0", Some((&sub, 0))).unwrap_err(),
+            RoomError::NotIls
+        );
+        let (w, _) = join(&mut r, "a", SessionKind::Viewer, 9, 12);
+        assert_eq!(r.set_slot(&w, "1", None).unwrap_err(), RoomError::NotIls);
+        // the host leaves: its legs go, its pins are dropped, nothing is auto-refed
+        let gone = r.remove_session(&host).expect("known");
+        assert_eq!(removed_legs(&gone).len(), 1, "the audio slot's leg");
+        assert!(legs(&gone).is_empty());
+        assert!(r
+            .session(&sub)
+            .expect("sub")
+            .media
+            .iter()
+            .all(|m| m.pin.as_deref() != Some(host.as_str())));
+        // survives persistence
+        let t: Vec<u32> = r.sessions().map(|s| s.transport).collect();
+        let (back, _) = Rooms::restore(&r.to_json(), 1, &t);
+        assert_eq!(back.session(&sub), r.session(&sub));
     }
 
     #[test]
