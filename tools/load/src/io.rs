@@ -22,7 +22,7 @@ use ils_rtp::twcc::TwccRecorder;
 
 use crate::media::{self, FrameSizer, Probe, RtpOut, Vp8Packet};
 use crate::sdp;
-use crate::setup::{Ready, Role, CHECK_PRIORITY};
+use crate::setup::{Ready, Role};
 
 /// Datagrams read per `recvmmsg` call. Default 32.
 pub const RECV_BATCH: usize = 32;
@@ -150,6 +150,8 @@ pub struct IoTotals {
     pub consent_sent: u64,
     /// Consent checks answered.
     pub consent_ok: u64,
+    /// Connectivity checks from a full-ICE server answered (Janus; 0 with ils, which is ICE-lite).
+    pub checks_answered: u64,
     /// Keyframe requests (PLI/FIR) publishers received.
     pub keyframe_requests_in: u64,
     /// NACKs publishers received (not answered: the engine retransmits from its cache).
@@ -358,6 +360,9 @@ struct Endpoint {
     local: SocketAddr,
     consent_txid: [u8; 12],
     next_consent: u64,
+    /// Answers a full-ICE server's own consent checks (Janus); never used with ils (ICE-lite).
+    responder: crate::setup::Responder,
+    controlling: bool,
     kind: Kind,
 }
 
@@ -528,6 +533,8 @@ impl Io {
             local: r.local,
             consent_txid: [0; 12],
             next_consent: now_ns + CONSENT_INTERVAL.as_nanos() as u64,
+            responder: crate::setup::Responder::new(&r.local_ufrag, &r.local_pwd),
+            controlling: r.ice_controlling,
             kind,
         });
         self.acc.live.endpoints.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +703,13 @@ fn on_datagram(ep: &mut Endpoint, acc: &mut Acc, data: &mut [u8], now_ns: u64) {
     let Some(&first) = data.first() else { return };
     match first {
         0..=3 => {
+            let mut reply = [0u8; ils_stun::MAX_BINDING_SUCCESS_LEN];
+            if let Some(n) = ep.responder.answer(data, ep.server, &mut reply) {
+                if send(&ep.sock, ep.server, &reply[..n], &mut acc.totals) {
+                    acc.totals.checks_answered += 1;
+                }
+                return;
+            }
             let Ok(m) = ils_stun::StunMessage::parse(data) else {
                 return;
             };
@@ -1032,14 +1046,13 @@ fn run_consent(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
     if ep.next_consent <= now_ns {
         ep.next_consent = now_ns + CONSENT_INTERVAL.as_nanos() as u64;
         ep.consent_txid = rand::random();
-        if let Ok(n) = ils_stun::write_binding_request_with_key(
+        if let Ok(n) = crate::setup::write_check(
             &mut acc.out,
             &ep.consent_txid,
             ep.username.as_bytes(),
             &ep.key,
-            CHECK_PRIORITY,
             ep.tie_breaker,
-            false,
+            ep.controlling,
         ) {
             if send(&ep.sock, ep.server, &acc.out[..n], &mut acc.totals) {
                 acc.totals.consent_sent += 1;

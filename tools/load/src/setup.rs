@@ -150,6 +150,70 @@ pub struct Ready {
     pub profile_id: u16,
     /// Audio SSRC signalled in a publisher's offer.
     pub audio_ssrc: u32,
+    /// Our ICE ufrag (the peer's checks carry USERNAME "local_ufrag:remote_ufrag").
+    pub local_ufrag: String,
+    /// Our ICE password: key of the responses to the peer's checks (full-ICE peers such as
+    /// Janus check us too; an ICE-lite server like ils never does).
+    pub local_pwd: String,
+    /// Whether our checks carry ICE-CONTROLLING (we offered) or ICE-CONTROLLED (the server
+    /// offered, e.g. a Janus subscriber).
+    pub ice_controlling: bool,
+}
+
+/// A freshly bound endpoint before signaling: socket, certificate and the offer's ICE/DTLS
+/// parameters. [`connect`] uses it for WHIP/WHEP; other signaling adapters (Janus) too.
+pub struct Prepared {
+    /// Non-blocking socket with [`SOCKET_RCVBUF`].
+    pub socket: std::net::UdpSocket,
+    /// Its address.
+    pub local: SocketAddr,
+    /// Our DTLS certificate.
+    pub cert: Certificate,
+    /// ufrag/pwd/fingerprint/address for the SDP we send.
+    pub params: OfferParams,
+    /// When setup of this endpoint started (join time is measured from here).
+    pub t0: Instant,
+}
+
+/// What the signaling exchange decided, for [`establish`].
+pub struct Negotiated {
+    /// The server's SDP (answer, or offer when the server offered), parsed.
+    pub answer: Answer,
+    /// Resource URL for DELETE, if any.
+    pub location: Option<String>,
+    /// Bearer token used, if any.
+    pub token: Option<String>,
+    /// Our checks are ICE-CONTROLLING (true when we offered).
+    pub controlling: bool,
+}
+
+/// Bind a socket for a server at `server_ip` and make fresh ICE credentials and a certificate.
+pub fn prepare(server_ip: std::net::IpAddr) -> Result<Prepared, SetupError> {
+    let t0 = Instant::now();
+    let local_ip = if server_ip.is_loopback() {
+        server_ip
+    } else {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let socket = bind_socket(local_ip)?;
+    let local = socket.local_addr()?;
+    let cert =
+        ils_control::dtls::generate_certificate().map_err(|e| SetupError::Cert(e.to_string()))?;
+    let params = OfferParams {
+        ufrag: ice_string(8),
+        pwd: ice_string(24),
+        fingerprint: ils_control::dtls::fingerprint_of(&cert),
+        addr: local,
+        session_id: rand::random::<u64>() >> 2,
+        stream_id: ice_string(12),
+    };
+    Ok(Prepared {
+        socket,
+        local,
+        cert,
+        params,
+        t0,
+    })
 }
 
 const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -182,32 +246,16 @@ pub fn bind_socket(ip: std::net::IpAddr) -> std::io::Result<std::net::UdpSocket>
 
 /// Bring one endpoint up (offer → answer → ICE → DTLS → SRTP).
 pub async fn connect(target: &Target, role: Role, audio_ssrc: u32) -> Result<Ready, SetupError> {
-    let t0 = Instant::now();
-    let local_ip = if target.base.addr.ip().is_loopback() {
-        target.base.addr.ip()
-    } else {
-        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    };
-    let std_sock = bind_socket(local_ip)?;
-    let local = std_sock.local_addr()?;
-    let cert =
-        ils_control::dtls::generate_certificate().map_err(|e| SetupError::Cert(e.to_string()))?;
-    let params = OfferParams {
-        ufrag: ice_string(8),
-        pwd: ice_string(24),
-        fingerprint: ils_control::dtls::fingerprint_of(&cert),
-        addr: local,
-        session_id: rand::random::<u64>() >> 2,
-        stream_id: ice_string(12),
-    };
+    let prep = prepare(target.base.addr.ip())?;
+    let params = &prep.params;
     let (offer, path, token) = match role {
         Role::Publisher { video } => (
-            sdp::publisher_offer(&params, audio_ssrc, video),
+            sdp::publisher_offer(params, audio_ssrc, video),
             target.whip_path.replace("{room}", &target.room),
             target.publish_token.clone(),
         ),
         Role::Viewer { video } => (
-            sdp::viewer_offer(&params, video),
+            sdp::viewer_offer(params, video),
             target.whep_path.replace("{room}", &target.room),
             target.view_token.clone(),
         ),
@@ -227,19 +275,59 @@ pub async fn connect(target: &Target, role: Role, audio_ssrc: u32) -> Result<Rea
     }
     let location = resp.header("location").map(str::to_owned);
     let answer = sdp::parse_answer(&resp.body)?;
+    establish(
+        prep,
+        Negotiated {
+            answer,
+            location,
+            token,
+            controlling: true,
+        },
+        role,
+        audio_ssrc,
+    )
+    .await
+}
+
+/// ICE, DTLS (client) and SRTP for a prepared endpoint once signaling is done: the common tail
+/// of every target's setup. Answers the peer's own connectivity checks meanwhile.
+pub async fn establish(
+    prep: Prepared,
+    neg: Negotiated,
+    role: Role,
+    audio_ssrc: u32,
+) -> Result<Ready, SetupError> {
+    let Prepared {
+        socket: std_sock,
+        local,
+        cert,
+        params,
+        t0,
+    } = prep;
+    let Negotiated {
+        answer,
+        location,
+        token,
+        controlling,
+    } = neg;
     let server = answer.candidate;
     let username = format!("{}:{}", answer.ufrag, params.ufrag);
     let tie_breaker: u64 = rand::random();
+    let responder = Arc::new(Responder::new(&params.ufrag, &params.pwd));
 
     let socket = Arc::new(UdpSocket::from_std(std_sock)?);
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     ice_check(
         &socket,
         server,
-        &username,
-        &answer.pwd,
-        tie_breaker,
-        local,
+        &Check {
+            username: &username,
+            pwd: &answer.pwd,
+            tie_breaker,
+            controlling,
+            local,
+        },
+        &responder,
         deadline,
     )
     .await?;
@@ -249,15 +337,24 @@ pub async fn connect(target: &Target, role: Role, audio_ssrc: u32) -> Result<Rea
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(DTLS_QUEUE);
     let conn = Arc::new(ChannelConn::new(in_rx, out_tx, local, server));
     let rsock = socket.clone();
+    let resp2 = responder.clone();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
+        let mut out = [0u8; ils_stun::MAX_BINDING_SUCCESS_LEN];
         loop {
             match rsock.recv_from(&mut buf).await {
                 Ok((n, from)) if from == server => {
-                    if let Some(&b) = buf.get(..n).and_then(|d| d.first()) {
-                        if (20..=63).contains(&b) {
-                            let _ = in_tx.try_send(buf[..n].to_vec());
+                    let Some(d) = buf.get(..n) else { continue };
+                    match d.first() {
+                        Some(b) if (20..=63).contains(b) => {
+                            let _ = in_tx.try_send(d.to_vec());
                         }
+                        Some(0..=3) => {
+                            if let Some(m) = resp2.answer(d, from, &mut out) {
+                                let _ = rsock.send_to(&out[..m], from).await;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 Ok(_) => {}
@@ -318,34 +415,118 @@ pub async fn connect(target: &Target, role: Role, audio_ssrc: u32) -> Result<Rea
         join_time: t0.elapsed(),
         profile_id,
         audio_ssrc,
+        local_ufrag: params.ufrag,
+        local_pwd: params.pwd,
+        ice_controlling: controlling,
     })
+}
+
+/// One side of our connectivity checks.
+pub struct Check<'a> {
+    /// USERNAME "remote_ufrag:local_ufrag".
+    pub username: &'a str,
+    /// The peer's ICE password.
+    pub pwd: &'a str,
+    /// Tie-breaker.
+    pub tie_breaker: u64,
+    /// ICE-CONTROLLING + USE-CANDIDATE (true) or ICE-CONTROLLED (false).
+    pub controlling: bool,
+    /// Our address (expected in XOR-MAPPED-ADDRESS).
+    pub local: SocketAddr,
+}
+
+/// Answers a full-ICE peer's Binding requests to us (RFC 8445 §7.3): USERNAME must start with
+/// our ufrag and MESSAGE-INTEGRITY must verify with our password; anything else is ignored.
+pub struct Responder {
+    ufrag: String,
+    key: ils_stun::HmacKey,
+}
+
+impl Responder {
+    /// Responder for our credentials.
+    pub fn new(local_ufrag: &str, local_pwd: &str) -> Self {
+        Responder {
+            ufrag: local_ufrag.to_owned(),
+            key: ils_stun::integrity_key(local_pwd.as_bytes()),
+        }
+    }
+
+    /// If `raw` is an authenticated Binding request for us from `from`, write the success
+    /// response into `out` (at least [`ils_stun::MAX_BINDING_SUCCESS_LEN`] bytes) and return its
+    /// length.
+    pub fn answer(&self, raw: &[u8], from: SocketAddr, out: &mut [u8]) -> Option<usize> {
+        let m = ils_stun::StunMessage::parse(raw).ok()?;
+        if m.class() != ils_stun::Class::Request || m.method() != ils_stun::METHOD_BINDING {
+            return None;
+        }
+        if m.local_ufrag()? != self.ufrag.as_bytes() {
+            return None;
+        }
+        m.verify_integrity_with_key(&self.key).ok()?;
+        ils_stun::write_binding_success_with_key(out, m.transaction_id(), from, &self.key).ok()
+    }
+}
+
+/// Write a Binding request for `c` (ICE-CONTROLLING + USE-CANDIDATE, or ICE-CONTROLLED).
+pub fn write_check(
+    out: &mut [u8],
+    txid: &[u8; 12],
+    c_username: &[u8],
+    key: &ils_stun::HmacKey,
+    tie_breaker: u64,
+    controlling: bool,
+) -> Result<usize, ils_stun::StunError> {
+    if controlling {
+        return ils_stun::write_binding_request_with_key(
+            out,
+            txid,
+            c_username,
+            key,
+            CHECK_PRIORITY,
+            tie_breaker,
+            true,
+        );
+    }
+    if c_username.len() > ils_stun::MAX_USERNAME_LEN {
+        return Err(ils_stun::StunError::BadUsername);
+    }
+    let mut w = ils_stun::StunWriter::new(
+        out,
+        ils_stun::Class::Request,
+        ils_stun::METHOD_BINDING,
+        txid,
+    )?;
+    w.attribute(ils_stun::attr::USERNAME, c_username)?;
+    w.attribute(ils_stun::attr::PRIORITY, &CHECK_PRIORITY.to_be_bytes())?;
+    w.attribute(ils_stun::attr::ICE_CONTROLLED, &tie_breaker.to_be_bytes())?;
+    w.message_integrity(key)?;
+    w.fingerprint()?;
+    Ok(w.finish())
 }
 
 async fn ice_check(
     socket: &UdpSocket,
     server: SocketAddr,
-    username: &str,
-    pwd: &str,
-    tie_breaker: u64,
-    local: SocketAddr,
+    c: &Check<'_>,
+    responder: &Responder,
     deadline: tokio::time::Instant,
 ) -> Result<(), SetupError> {
-    let key = ils_stun::integrity_key(pwd.as_bytes());
+    let key = ils_stun::integrity_key(c.pwd.as_bytes());
     let mut rto = STUN_INITIAL_RTO;
     let mut sent: Vec<[u8; 12]> = Vec::new();
     let mut buf = [0u8; 1500];
+    let mut reply = [0u8; ils_stun::MAX_BINDING_SUCCESS_LEN];
     loop {
         let txid: [u8; 12] = rand::random();
         sent.push(txid);
         let mut out = [0u8; 512];
-        let n = ils_stun::write_binding_request_with_key(
+        let n = write_check(
             &mut out,
             &txid,
-            username.as_bytes(),
+            c.username.as_bytes(),
             &key,
-            CHECK_PRIORITY,
-            tie_breaker,
-            true,
+            c.tie_breaker,
+            c.controlling,
         )
         .map_err(|_| SetupError::IceError)?;
         socket.send_to(&out[..n], server).await?;
@@ -356,7 +537,12 @@ async fn ice_check(
                     if from != server {
                         continue;
                     }
-                    match check_response(&buf[..n], &key, &sent, local) {
+                    let Some(d) = buf.get(..n) else { continue };
+                    if let Some(m) = responder.answer(d, from, &mut reply) {
+                        let _ = socket.send_to(&reply[..m], from).await;
+                        continue;
+                    }
+                    match check_response(d, &key, &sent, c.local) {
                         Some(true) => return Ok(()),
                         Some(false) => return Err(SetupError::IceError),
                         None => continue,
@@ -442,6 +628,46 @@ pub use ils_control::dtls::ChannelConn;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responder_answers_only_authenticated_checks_for_us() {
+        let r = Responder::new("us12", "our-password-0123456789");
+        let peer: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let key = ils_stun::integrity_key(b"our-password-0123456789");
+        let mut req = [0u8; 256];
+        let txid = [7u8; 12];
+        let n = write_check(&mut req, &txid, b"us12:them", &key, 9, true).unwrap();
+        let mut out = [0u8; ils_stun::MAX_BINDING_SUCCESS_LEN];
+        let m = r.answer(&req[..n], peer, &mut out).expect("answered");
+        // The reply is what the peer's check_response accepts: integrity, fingerprint, mapped.
+        assert_eq!(check_response(&out[..m], &key, &[txid], peer), Some(true));
+        // Wrong ufrag, wrong password, a response, truncations: no answer.
+        let n2 = write_check(&mut req, &txid, b"other:them", &key, 9, true).unwrap();
+        assert!(r.answer(&req[..n2], peer, &mut out).is_none());
+        let bad = ils_stun::integrity_key(b"not-our-password-000000");
+        let n3 = write_check(&mut req, &txid, b"us12:them", &bad, 9, false).unwrap();
+        assert!(r.answer(&req[..n3], peer, &mut out).is_none());
+        assert!(r.answer(&out[..m], peer, &mut out.clone()).is_none());
+        for cut in 0..n {
+            assert!(r.answer(&req[..cut], peer, &mut out).is_none(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn controlled_checks_carry_ice_controlled_and_no_nomination() {
+        let key = ils_stun::integrity_key(b"pw");
+        let mut req = [0u8; 256];
+        let n = write_check(&mut req, &[1; 12], b"a:b", &key, 42, false).unwrap();
+        let m = ils_stun::StunMessage::parse(&req[..n]).unwrap();
+        assert_eq!(m.ice_controlled(), Some(42));
+        assert_eq!(m.ice_controlling(), None);
+        assert!(!m.has_use_candidate());
+        assert!(m.verify_integrity_with_key(&key).is_ok());
+        let n = write_check(&mut req, &[1; 12], b"a:b", &key, 42, true).unwrap();
+        let m = ils_stun::StunMessage::parse(&req[..n]).unwrap();
+        assert_eq!(m.ice_controlling(), Some(42));
+        assert!(m.has_use_candidate());
+    }
 
     #[test]
     fn ice_strings_use_ice_chars() {
