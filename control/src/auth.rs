@@ -43,6 +43,12 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const MAX_ROOM_CHARS: usize = 128;
 /// Longest identity in a token, in characters. Default 256 (at most 1 KiB of UTF-8 per session).
 pub const MAX_IDENTITY_CHARS: usize = 256;
+/// Longest display `name` in a token, in characters. Default 64 (what other participants see;
+/// at most 256 bytes of UTF-8 per participant).
+pub const MAX_NAME_CHARS: usize = 64;
+/// Most entries in a token's `grants` array. Default 8 (there are 4 grants; duplicates beyond
+/// this are refused rather than parsed).
+pub const MAX_GRANTS: usize = 8;
 /// Name of the file in the data directory that holds the generated secret.
 pub const SECRET_FILE: &str = "secret";
 /// Random bytes in a generated secret. Default 32 (256 bits, the HS256 block-size guidance of
@@ -96,6 +102,53 @@ impl fmt::Display for Role {
     }
 }
 
+/// One capability a token grants in its room (claim `grants`, an array of these names). A token
+/// without `grants` gets its role's defaults ([`Claims::effective_grants`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// Send media (WHIP, `/ws` publish).
+    Publish,
+    /// Receive media (WHEP, `/ws` subscribe).
+    Subscribe,
+    /// Send chat messages, reactions, raise a hand, vote.
+    Chat,
+    /// Manage the session: producer actions on `/ws`, the admin HTTP API.
+    Admin,
+}
+
+impl Grant {
+    /// Every grant, in claim-name order.
+    pub const ALL: [Grant; 4] = [Grant::Publish, Grant::Subscribe, Grant::Chat, Grant::Admin];
+
+    /// The claim value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Publish => "publish",
+            Grant::Subscribe => "subscribe",
+            Grant::Chat => "chat",
+            Grant::Admin => "admin",
+        }
+    }
+
+    /// Parse a claim value (`publish`, `subscribe`, `chat`, `admin`).
+    pub fn parse(s: &str) -> Option<Grant> {
+        Grant::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    /// What a token without a `grants` claim may do: host publish+subscribe+chat, producer
+    /// all four, viewer subscribe+chat.
+    pub fn defaults(role: Role) -> Vec<Grant> {
+        match role {
+            Role::Host => vec![Grant::Publish, Grant::Subscribe, Grant::Chat],
+            Role::Producer => Grant::ALL.to_vec(),
+            Role::Viewer => vec![Grant::Subscribe, Grant::Chat],
+        }
+    }
+}
+
 /// Error for a role name that is not `host`, `producer` or `viewer`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown role {0:?}: use host, producer or viewer")]
@@ -128,6 +181,32 @@ pub struct Claims {
     /// Issued-at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Explicit grants (claim `grants`); `None` = the role's defaults ([`Grant::defaults`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// Display name (claim `name`, <= [`MAX_NAME_CHARS`] characters, no control characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Claims {
+    /// The grants in force: the `grants` claim if present, else the role's defaults.
+    pub fn effective_grants(&self) -> Vec<Grant> {
+        match &self.grants {
+            Some(g) => {
+                let mut g = g.clone();
+                g.sort();
+                g.dedup();
+                g
+            }
+            None => Grant::defaults(self.role),
+        }
+    }
+
+    /// Whether the token grants `g`.
+    pub fn has(&self, g: Grant) -> bool {
+        self.effective_grants().contains(&g)
+    }
 }
 
 /// Why a request was not authorized. [`AuthError::status`] maps each to 401 or 403.
@@ -392,12 +471,20 @@ pub fn issue(
         identity: identity.map(str::to_owned),
         exp: now_unix.saturating_add(ttl.as_secs()),
         iat: Some(now_unix),
+        grants: None,
+        name: None,
     };
+    issue_claims(secret, &claims)
+}
+
+/// A signed HS256 token carrying exactly `claims` (with `grants` / `name` when set). Callers
+/// validate lengths; [`verify`] rejects tokens that break them.
+pub fn issue_claims(secret: &Secret, claims: &Claims) -> String {
     // INVARIANT: HMAC accepts keys of any length and `Claims` (strings, an enum and integers)
     // always serializes to JSON, so encoding cannot fail.
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(&secret.0),
     )
     // INVARIANT: serde_json cannot fail on this plain struct and HS256 signing is infallible.
@@ -583,13 +670,55 @@ fn claims_from_map(m: &Map<String, Value>, now_unix: u64) -> Result<Claims, Auth
         }
         Some(_) => return Err(AuthError::InvalidClaim("identity is not a string")),
     };
+    let grants = match m.get("grants") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_GRANTS {
+                return Err(AuthError::InvalidClaim("grants has more than 8 entries"));
+            }
+            let mut g = Vec::with_capacity(a.len());
+            for v in a {
+                match v.as_str().and_then(Grant::parse) {
+                    Some(x) => g.push(x),
+                    None => {
+                        return Err(AuthError::InvalidClaim(
+                            "grants entries must be publish, subscribe, chat or admin",
+                        ))
+                    }
+                }
+            }
+            Some(g)
+        }
+        Some(_) => return Err(AuthError::InvalidClaim("grants is not an array")),
+    };
+    let name = match m.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            validate_name(s).map_err(AuthError::InvalidClaim)?;
+            Some(s.clone())
+        }
+        Some(_) => return Err(AuthError::InvalidClaim("name is not a string")),
+    };
     Ok(Claims {
         room: room.clone(),
         role,
         identity,
         exp,
         iat,
+        grants,
+        name,
     })
+}
+
+/// Checks a display name: at most [`MAX_NAME_CHARS`] characters, no control characters.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err("name longer than 64 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name contains control characters");
+    }
+    Ok(())
 }
 
 /// Checks a room name: 1..=[`MAX_ROOM_CHARS`] characters, no control characters. Returns the
@@ -772,6 +901,8 @@ mod tests {
                 identity: Some("alice".into()),
                 exp: NOW + 3600,
                 iat: Some(NOW),
+                grants: None,
+                name: None,
             }
         );
         let t = issue(
@@ -794,6 +925,64 @@ mod tests {
         let c = verify(&secret(), &t, NOW).unwrap();
         assert_eq!(c.role, Role::Producer);
         assert_eq!(c.iat, None);
+    }
+
+    #[test]
+    fn grants_and_name_claims_round_trip_and_old_tokens_get_role_defaults() {
+        let mut c = verify(
+            &secret(),
+            &issue(
+                &secret(),
+                "r",
+                Role::Viewer,
+                None,
+                Duration::from_secs(60),
+                NOW,
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(c.grants, None);
+        assert_eq!(c.effective_grants(), vec![Grant::Subscribe, Grant::Chat]);
+        assert!(!c.has(Grant::Publish));
+        c.grants = Some(vec![Grant::Publish, Grant::Admin, Grant::Publish]);
+        c.name = Some("Zoë".into());
+        let back = verify(&secret(), &issue_claims(&secret(), &c), NOW).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.effective_grants(), vec![Grant::Publish, Grant::Admin]);
+        assert!(back.has(Grant::Admin) && !back.has(Grant::Chat));
+        // an empty grants array means no grants, not the defaults
+        let t = craft_hs256(&format!(
+            r#"{{"room":"a","role":"producer","exp":{},"grants":[]}}"#,
+            NOW + 5
+        ));
+        assert!(verify(&secret(), &t, NOW)
+            .unwrap()
+            .effective_grants()
+            .is_empty());
+        for bad in [
+            r#""grants":"admin""#,
+            r#""grants":["root"]"#,
+            r#""grants":[1]"#,
+            r#""grants":["chat","chat","chat","chat","chat","chat","chat","chat","chat"]"#,
+            r#""name":5"#,
+            r#""name":"a\nb""#,
+        ] {
+            let t = craft_hs256(&format!(
+                r#"{{"room":"a","role":"producer","exp":{},{bad}}}"#,
+                NOW + 5
+            ));
+            assert!(
+                matches!(verify(&secret(), &t, NOW), Err(AuthError::InvalidClaim(_))),
+                "{bad}"
+            );
+        }
+        let long = "n".repeat(MAX_NAME_CHARS + 1);
+        let t = craft_hs256(&format!(
+            r#"{{"room":"a","role":"viewer","exp":{},"name":"{long}"}}"#,
+            NOW + 5
+        ));
+        assert!(verify(&secret(), &t, NOW).is_err());
     }
 
     #[test]
@@ -894,6 +1083,8 @@ mod tests {
             identity: None,
             exp: NOW + 60,
             iat: None,
+            grants: None,
+            name: None,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),

@@ -238,6 +238,13 @@ pub enum CliCommand {
         /// Participant identity (optional).
         #[arg(long)]
         identity: Option<String>,
+        /// Display name shown to other participants on /ws (optional, <= 64 characters).
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated grants: publish, subscribe, chat, admin [default: the role's
+        /// defaults: host publish,subscribe,chat; producer all; viewer subscribe,chat].
+        #[arg(long)]
+        grants: Option<String>,
         /// Lifetime, e.g. 90s, 15m, 1h, 2d.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -887,6 +894,40 @@ pub fn token_command(
     ttl: &str,
     now_unix: u64,
 ) -> Result<String, ConfigError> {
+    token_command_ext(settings, room, role, identity, None, None, ttl, now_unix)
+}
+
+/// Parse a comma-separated grant list (`publish,subscribe,chat,admin`; empty = no grants).
+pub fn parse_grants(list: &str) -> Result<Vec<auth::Grant>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            auth::Grant::parse(g)
+                .ok_or_else(|| format!("unknown grant {g:?}: use publish, subscribe, chat, admin"))
+        })
+        .collect()
+}
+
+/// [`token_command`] with a display `name` and explicit `grants` (comma-separated) claims.
+#[allow(clippy::too_many_arguments)]
+pub fn token_command_ext(
+    settings: &Settings,
+    room: &str,
+    role: &str,
+    identity: Option<&str>,
+    name: Option<&str>,
+    grants: Option<&str>,
+    ttl: &str,
+    now_unix: u64,
+) -> Result<String, ConfigError> {
+    let grants = grants
+        .map(parse_grants)
+        .transpose()
+        .map_err(|e| ConfigError::Token(format!("--grants: {e}")))?;
+    if let Some(n) = name {
+        auth::validate_name(n).map_err(|why| ConfigError::Token(format!("--name: {why}")))?;
+    }
     auth::validate_room(room)
         .map_err(|why| ConfigError::Token(format!("--room {room:?}: {why}")))?;
     let role: Role = role
@@ -908,7 +949,16 @@ pub fn token_command(
     }
     let secret = Secret::load_or_create(&settings.data_dir, settings.secret.as_deref())
         .map_err(ConfigError::Secret)?;
-    Ok(auth::issue(&secret, room, role, identity, ttl, now_unix))
+    let claims = auth::Claims {
+        room: room.to_owned(),
+        role,
+        identity: identity.map(str::to_owned),
+        exp: now_unix.saturating_add(ttl.as_secs()),
+        iat: Some(now_unix),
+        grants,
+        name: name.map(str::to_owned),
+    };
+    Ok(auth::issue_claims(&secret, &claims))
 }
 
 impl FromStr for Settings {
@@ -1141,12 +1191,15 @@ mod tests {
                 room,
                 role,
                 identity,
+                name,
+                grants,
                 ttl,
             }) => {
                 assert_eq!(
                     (room.as_str(), role.as_str(), identity, ttl.as_str()),
                     ("r1", "host", None, "1h")
                 );
+                assert_eq!((name, grants), (None, None));
             }
             None => panic!("no subcommand"),
         }
@@ -1415,6 +1468,36 @@ mod tests {
             let e = parse_duration(bad).unwrap_err().to_string();
             assert!(e.contains("90s, 15m, 1h, 2d"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn token_command_ext_mints_grants_and_name() {
+        let dir = std::env::temp_dir().join(format!("ils-cfg-grants-{}", std::process::id()));
+        let s = Settings {
+            data_dir: dir.clone(),
+            secret: Some("0123456789abcdef0123".into()),
+            ..Settings::default()
+        };
+        let t = token_command_ext(
+            &s,
+            "r",
+            "viewer",
+            None,
+            Some("Ann"),
+            Some("chat, admin"),
+            "1h",
+            1_000,
+        )
+        .unwrap();
+        let secret = Secret::from_str("0123456789abcdef0123");
+        let c = auth::verify(&secret, &t, 1_000).unwrap();
+        assert_eq!(c.name.as_deref(), Some("Ann"));
+        assert_eq!(c.grants, Some(vec![auth::Grant::Chat, auth::Grant::Admin]));
+        let e = token_command_ext(&s, "r", "viewer", None, None, Some("root"), "1h", 1_000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--grants") && e.contains("root"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -251,6 +251,12 @@ struct TokenQuery {
     role: Option<String>,
     #[serde(default)]
     identity: Option<String>,
+    /// Display name claim (`/ws`).
+    #[serde(default)]
+    name: Option<String>,
+    /// Comma-separated grants (`publish,subscribe,chat,admin`); absent = the role's defaults.
+    #[serde(default)]
+    grants: Option<String>,
 }
 
 /// Build the router.
@@ -755,13 +761,38 @@ async fn dev_token(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> 
             )
         }
     };
-    let token = auth::issue(
+    let grants = match q
+        .grants
+        .as_deref()
+        .map(crate::config::parse_grants)
+        .transpose()
+    {
+        Ok(g) => g,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(Err(why)) = q.name.as_deref().map(auth::validate_name) {
+        return text(StatusCode::BAD_REQUEST, format!("name: {why}"));
+    }
+    if q.identity.as_ref().is_some_and(|i| {
+        i.chars().count() > auth::MAX_IDENTITY_CHARS || i.chars().any(char::is_control)
+    }) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "identity: at most 256 characters, no control characters",
+        );
+    }
+    let now = now_unix();
+    let token = auth::issue_claims(
         &app.secret,
-        &q.room,
-        role,
-        q.identity.as_deref(),
-        Duration::from_secs(3600),
-        now_unix(),
+        &auth::Claims {
+            room: q.room.clone(),
+            role,
+            identity: q.identity.clone(),
+            exp: now.saturating_add(3600),
+            iat: Some(now),
+            grants,
+            name: q.name.clone(),
+        },
     );
     axum::Json(serde_json::json!({ "token": token })).into_response()
 }

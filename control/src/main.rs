@@ -40,8 +40,18 @@ fn main() {
             room,
             role,
             identity,
+            name,
+            grants,
             ttl,
-        }) => token(&settings, &room, &role, identity.as_deref(), &ttl),
+        }) => token(
+            &settings,
+            &room,
+            &role,
+            identity.as_deref(),
+            name.as_deref(),
+            grants.as_deref(),
+            &ttl,
+        ),
         None => serve(settings),
     };
     if let Err(e) = result {
@@ -62,11 +72,13 @@ fn token(
     room: &str,
     role: &str,
     identity: Option<&str>,
+    name: Option<&str>,
+    grants: Option<&str>,
     ttl: &str,
 ) -> anyhow::Result<()> {
     println!(
         "{}",
-        config::token_command(s, room, role, identity, ttl, now_unix())?
+        config::token_command_ext(s, room, role, identity, name, grants, ttl, now_unix())?
     );
     Ok(())
 }
