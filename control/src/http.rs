@@ -424,66 +424,20 @@ async fn offer(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let mut rooms = app.rooms.lock().await;
-    let alloc = match rooms.allocate(&room, kind, &|b| ring_fill(b)) {
-        Ok(a) => a,
-        Err(e) => {
-            app.counters
-                .refused_capacity
-                .fetch_add(1, Ordering::Relaxed);
-            return text(status(e.status()), e.to_string());
-        }
-    };
-    let announce = app.settings.announce_ip.unwrap_or(app.settings.media_ip);
-    let local = LocalParams {
-        ice_ufrag: alloc.ice_ufrag.clone(),
-        ice_pwd: alloc.ice_pwd.clone(),
-        fingerprint_sha256: app.dtls.fingerprint(),
-        candidate: SocketAddr::new(announce, app.link.port(alloc.shard)),
-        cname: format!("ils-{}", alloc.id),
-    };
-    let negotiated = match kind {
-        SessionKind::Publisher => sdp::answer_publish(&offer, &local),
-        SessionKind::Viewer => {
-            let (video, audio) = rooms.publisher_codecs(&room);
-            let prefer = Preferences { video, audio };
-            let mut next = || rooms.next_ssrc();
-            sdp::answer_view(&offer, &local, &prefer, &mut next)
-        }
-    };
-    let neg = match negotiated {
-        Ok(n) => n,
-        Err(e) => {
-            app.counters.refused_sdp.fetch_add(1, Ordering::Relaxed);
-            return text(status(e.status), e.reason);
-        }
-    };
-    let cmds = rooms.create_session(
-        &alloc,
+    let created = match create_media_session(
+        &app,
         &room,
         kind,
         claims.identity.clone(),
-        neg.remote_fingerprint.clone(),
-        &neg.media,
-        now_unix(),
-    );
-    rooms.set_remote_ice_ufrag(&alloc.id, &neg.remote_ufrag);
-    app.persist(&rooms);
-    drop(rooms);
-    // The DTLS relay must exist before the engine can hand us the client's first flight.
-    let (in_tx, in_rx) = mpsc::channel(DTLS_QUEUE);
-    if let Ok(mut d) = app.dtls_inbound.lock() {
-        d.insert(alloc.transport, in_tx);
-    }
-    app.apply(cmds);
-    spawn_handshake(
-        Arc::clone(&app),
-        alloc.id.clone(),
-        alloc.shard,
-        alloc.transport,
-        in_rx,
-        neg.remote_fingerprint.clone(),
-    );
+        &offer,
+        false,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return text(status(r.status), r.reason),
+    };
+    let (alloc, neg) = (created.alloc, created.neg);
     let (path, counter) = match kind {
         SessionKind::Publisher => ("whip", &app.counters.whip_created),
         SessionKind::Viewer => ("whep", &app.counters.whep_created),
@@ -503,6 +457,109 @@ async fn offer(
         h.insert(header::ETAG, v);
     }
     r
+}
+
+/// Why [`create_media_session`] refused an offer: HTTP status and a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRefusal {
+    /// 4xx/5xx status (409 stage full, 503 capacity, 400/415/422 SDP).
+    pub status: u16,
+    /// What was wrong and what to do.
+    pub reason: String,
+}
+
+/// A media session created by [`create_media_session`].
+pub struct CreatedMedia {
+    /// Shard, transport and ICE credentials (`alloc.id` is the session id).
+    pub alloc: crate::room::Allocation,
+    /// The negotiated offer/answer (`neg.answer` is the SDP answer, `neg.media` the m-lines).
+    pub neg: sdp::Negotiated,
+}
+
+/// The common path of WHIP, WHEP and `/ws` publish/subscribe: allocate, negotiate the answer,
+/// record the session (marked ILS when `ils`: slots pinned explicitly, publisher private until
+/// on stage), persist, send the engine commands and start the DTLS handshake. Authorization is
+/// the caller's job and must come first.
+pub async fn create_media_session(
+    app: &Arc<App>,
+    room: &str,
+    kind: SessionKind,
+    identity: Option<String>,
+    offer: &str,
+    ils: bool,
+) -> Result<CreatedMedia, MediaRefusal> {
+    let room = room.to_string();
+    let mut rooms = app.rooms.lock().await;
+    let alloc = match rooms.allocate(&room, kind, &|b| ring_fill(b)) {
+        Ok(a) => a,
+        Err(e) => {
+            app.counters
+                .refused_capacity
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(MediaRefusal {
+                status: e.status(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let announce = app.settings.announce_ip.unwrap_or(app.settings.media_ip);
+    let local = LocalParams {
+        ice_ufrag: alloc.ice_ufrag.clone(),
+        ice_pwd: alloc.ice_pwd.clone(),
+        fingerprint_sha256: app.dtls.fingerprint(),
+        candidate: SocketAddr::new(announce, app.link.port(alloc.shard)),
+        cname: format!("ils-{}", alloc.id),
+    };
+    let negotiated = match kind {
+        SessionKind::Publisher => sdp::answer_publish(offer, &local),
+        SessionKind::Viewer => {
+            let (video, audio) = rooms.publisher_codecs(&room);
+            let prefer = Preferences { video, audio };
+            let mut next = || rooms.next_ssrc();
+            sdp::answer_view(offer, &local, &prefer, &mut next)
+        }
+    };
+    let neg = match negotiated {
+        Ok(n) => n,
+        Err(e) => {
+            app.counters.refused_sdp.fetch_add(1, Ordering::Relaxed);
+            return Err(MediaRefusal {
+                status: e.status,
+                reason: e.reason,
+            });
+        }
+    };
+    let cmds = rooms.create_session(
+        &alloc,
+        &room,
+        kind,
+        identity,
+        neg.remote_fingerprint.clone(),
+        &neg.media,
+        now_unix(),
+    );
+    rooms.set_remote_ice_ufrag(&alloc.id, &neg.remote_ufrag);
+    if ils {
+        // The session was inserted just above, so this cannot fail.
+        let _ = rooms.mark_ils(&alloc.id);
+    }
+    app.persist(&rooms);
+    drop(rooms);
+    // The DTLS relay must exist before the engine can hand us the client's first flight.
+    let (in_tx, in_rx) = mpsc::channel(DTLS_QUEUE);
+    if let Ok(mut d) = app.dtls_inbound.lock() {
+        d.insert(alloc.transport, in_tx);
+    }
+    app.apply(cmds);
+    spawn_handshake(
+        Arc::clone(app),
+        alloc.id.clone(),
+        alloc.shard,
+        alloc.transport,
+        in_rx,
+        neg.remote_fingerprint.clone(),
+    );
+    Ok(CreatedMedia { alloc, neg })
 }
 
 fn ring_fill(b: &mut [u8]) {
