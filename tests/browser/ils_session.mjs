@@ -1,0 +1,519 @@
+// Real-browser ILS session scenario (issue 5): headless Debian Chromium (playwright-core) drives the
+// web app pages (control/web/studio.html, producer.html, viewer.html and their ils-client.js)
+// against a real ils-control over its /ws session protocol; getStats() per slot decides.
+//
+//   1. pages load and join (welcome); a host publishes from the studio into the green room: the
+//      producer decodes the host, viewers are not given the host's media;
+//   2. the producer brings the host on stage: 3 viewers decode the host (framesDecoded grows);
+//   3. viewer3 raises a hand, the producer invites it, viewer3 previews and joins the green room
+//      (publishes), the producer brings it on stage: viewers 1 and 2 decode viewer3's video within
+//      1 s with no renegotiation (their subscriber connections made exactly one offer and applied
+//      one answer, before and after; no new `answer` on their sockets);
+//   4. the producer moves viewer3 back to the green room: its media stops reaching viewers (the
+//      slot's framesDecoded stops growing) while the host keeps playing and the producer still sees it;
+//   5. chat round trip (viewer → viewers + producer; hosts only after the producer features it;
+//      a hidden message disappears); a poll with votes and live results (second vote refused);
+//      a reaction burst arrives aggregated (fewer `reactions` messages than reactions, same sum);
+//      a pushed layout; the viewer grid is side by side in landscape, stacked in portrait;
+//   6. screenshots of every page into $ILS_ARTIFACTS (ils-*.png).
+//
+// Run through run.sh (ILS_SESSION_TEST=1 or ILS_SESSION_ONLY=1): it makes the loopback-only network
+// namespace. If ils-control does not serve the app pages yet (GET /viewer.html is not 200), a small
+// Node front server serves control/web/ from disk and forwards everything else (HTTP and the /ws
+// WebSocket upgrade) to ils-control; the log says which.
+//
+// Environment (all optional):
+//   ILS_CONTROL_BIN     path of ils-control (required; run.sh sets it)
+//   ILS_HTTP            control's HTTP listen address, default 127.0.0.1:18080
+//   ILS_WEB_HTTP        the fallback front server's address, default 127.0.0.1:18081
+//   ILS_DATA_DIR        data dir (default: a fresh temp dir)
+//   ILS_CONTROL_ARGS    extra arguments for ils-control (space separated)
+//   CHROMIUM            browser binary, default /usr/bin/chromium
+//   ILS_ARTIFACTS       where screenshots, stats and logs go, default tests/browser/artifacts
+//   ILS_TEST_TIMEOUT_S  whole-test deadline, default 240
+//
+// Exit 0 when every check passed, 1 otherwise; the last line is "browser ils session: N passed, M failed".
+
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import { createServer, request as httpRequest } from "node:http";
+import { connect as netConnect } from "node:net";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const WEB_DIR = resolve(HERE, "../../control/web");
+const HTTP = process.env.ILS_HTTP || "127.0.0.1:18080";
+const BASE = `http://${HTTP}`;
+const WEB_HTTP = process.env.ILS_WEB_HTTP || "127.0.0.1:18081";
+const ROOM = "ilstest";
+const ARTIFACTS = process.env.ILS_ARTIFACTS || join(HERE, "artifacts");
+const DEADLINE_S = intEnv("ILS_TEST_TIMEOUT_S", 240);
+/** Frames each viewer must decode of the first host once it is live. */
+const MIN_FRAMES = 30;
+/** How long a first decode may take after a stage move (the issue's bound). */
+const STAGE_DECODE_MS = 1_000;
+/** Longest wait for the first host's video at viewers (includes DTLS + first keyframe). */
+const FIRST_MEDIA_TIMEOUT_MS = 30_000;
+/** After a move off stage: frames still allowed on the slot between +1 s and +3 s (in-flight). */
+const OFF_STAGE_MAX_FRAMES = 2;
+/** Reactions each viewer sends in the burst (per emoji, two emoji). */
+const REACTIONS_PER_VIEWER = 10;
+/** Pages of the app served from control/web (the fallback front server serves these from disk). */
+const APP_FILES = {
+  "/": ["index.html", "text/html; charset=utf-8"],
+  "/ils.js": ["ils.js", "text/javascript; charset=utf-8"],
+  "/ils-client.js": ["ils-client.js", "text/javascript; charset=utf-8"],
+  "/ils-app.js": ["ils-app.js", "text/javascript; charset=utf-8"],
+  "/ils-app.css": ["ils-app.css", "text/css; charset=utf-8"],
+  "/studio.html": ["studio.html", "text/html; charset=utf-8"],
+  "/producer.html": ["producer.html", "text/html; charset=utf-8"],
+  "/viewer.html": ["viewer.html", "text/html; charset=utf-8"],
+};
+
+/** Chromium flags: as tests/browser/whip_whep.mjs (shared TESTING.md). */
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream=fps=30",
+  "--allow-loopback-in-peer-connection",
+  "--autoplay-policy=no-user-gesture-required",
+  "--disable-background-timer-throttling",
+  "--disable-renderer-backgrounding",
+  "--disable-backgrounding-occluded-windows",
+];
+
+function intEnv(name, dflt) {
+  const v = process.env[name];
+  if (v === undefined || v === "") return dflt;
+  const n = Number.parseInt(v, 10);
+  return Number.isFinite(n) && n >= 0 ? n : dflt;
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const t0 = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+
+// ------------------------------------------------------------------------------------------
+// Checks
+
+/** @type {{name:string, ok:boolean, detail:string}[]} */
+const results = [];
+function check(name, ok, detail = "") {
+  results.push({ name, ok: !!ok, detail });
+  console.log(`${ok ? "PASS" : "FAIL"} ${name}${detail ? ": " + detail : ""}`);
+  return !!ok;
+}
+/** A precondition: records the check and stops the scenario when it failed. */
+function need(name, ok, detail = "") {
+  if (!check(name, ok, detail)) throw new Error(`stopped: "${name}" failed; later steps depend on it`);
+}
+function summary() {
+  const passed = results.filter((r) => r.ok).length;
+  const failed = results.length - passed;
+  return { passed, failed, line: `browser ils session: ${passed} passed, ${failed} failed` };
+}
+
+// ------------------------------------------------------------------------------------------
+// ils-control, and the fallback front server for the app pages
+
+class Control {
+  constructor() {
+    this.bin = process.env.ILS_CONTROL_BIN;
+    if (!this.bin) throw new Error("ILS_CONTROL_BIN is not set (run through tests/browser/run.sh)");
+    this.dataDir = process.env.ILS_DATA_DIR || mkdtempSync(join(tmpdir(), "ils-session-"));
+    this.extra = (process.env.ILS_CONTROL_ARGS || "").split(/\s+/).filter(Boolean);
+    this.child = null;
+  }
+  async start() {
+    const logPath = join(ARTIFACTS, "ils-control.log");
+    const fd = openSync(logPath, "w");
+    const args = ["--dev", "--data-dir", this.dataDir, "--http", HTTP, ...this.extra];
+    log(`starting ${this.bin} ${args.join(" ")} (log ${logPath})`);
+    const child = spawn(this.bin, args, { stdio: ["ignore", fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
+    closeSync(fd);
+    this.child = child;
+    let exited = null;
+    child.on("exit", (code, sig) => { exited = { code, sig }; });
+    const until = Date.now() + 30_000;
+    while (Date.now() < until) {
+      if (exited) {
+        const tail = readFileSync(logPath, "utf8").trim().split("\n").slice(-5).join(" / ");
+        throw new Error(`ils-control exited during start-up (code ${exited.code}, signal ${exited.sig}): ${tail}`);
+      }
+      try {
+        const res = await fetch(`${BASE}/`, { signal: AbortSignal.timeout(1000) });
+        if (res.ok) { log(`ils-control up (pid ${child.pid})`); return; }
+      } catch (_) { /* not listening yet */ }
+      await sleep(100);
+    }
+    throw new Error(`ils-control did not answer GET / within 30 s; see ${logPath}`);
+  }
+  async stop() {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+    await gone;
+    clearTimeout(t);
+  }
+}
+
+/**
+ * Serves control/web/ from disk and forwards every other request, WebSocket upgrades included,
+ * to ils-control. Used only while control does not serve the app pages itself.
+ */
+function startFront() {
+  const [chost, cport] = [HTTP.slice(0, HTTP.lastIndexOf(":")), Number(HTTP.slice(HTTP.lastIndexOf(":") + 1))];
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const file = req.method === "GET" ? APP_FILES[path] : undefined;
+    if (file && existsSync(join(WEB_DIR, file[0]))) {
+      res.writeHead(200, { "Content-Type": file[1], "Cache-Control": "no-store" });
+      return res.end(readFileSync(join(WEB_DIR, file[0])));
+    }
+    const up = httpRequest({ host: chost, port: cport, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode || 502, ur.headers);
+      ur.pipe(res);
+    });
+    up.on("error", (e) => { res.writeHead(502, { "Content-Type": "text/plain" }); res.end(`front: ${e.message}\n`); });
+    req.pipe(up);
+  });
+  server.on("upgrade", (req, socket, head) => {
+    const up = netConnect(cport, chost, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(lines.join("\r\n") + "\r\n\r\n");
+      if (head && head.length) up.write(head);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+    const end = () => { socket.destroy(); up.destroy(); };
+    up.on("error", end);
+    socket.on("error", end);
+    up.on("close", end);
+    socket.on("close", end);
+  });
+  const [host, port] = [WEB_HTTP.slice(0, WEB_HTTP.lastIndexOf(":")), Number(WEB_HTTP.slice(WEB_HTTP.lastIndexOf(":") + 1))];
+  return new Promise((r, j) => server.listen(port, host, () => r(server)).once("error", j));
+}
+
+// ------------------------------------------------------------------------------------------
+// Page helpers (everything goes through the pages and their window.ilsPage)
+
+let WEB = BASE;
+
+async function openApp(browser, label, path, viewport = { width: 1100, height: 800 }) {
+  const ctx = await browser.newContext({ viewport });
+  const page = await ctx.newPage();
+  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`[${label} console] ${m.text()}`); });
+  page.on("pageerror", (e) => log(`[${label} pageerror] ${e.message}`));
+  const url = `${WEB}/${path}${path.includes("?") ? "&" : "?"}room=${ROOM}&name=${label}`;
+  const res = await page.goto(url);
+  const status = res ? res.status() : 0;
+  const state = await page.waitForFunction(() => window.ilsPage && (window.ilsPage.ready || window.ilsPage.failed) && window.ilsPage, null, { timeout: 30_000 })
+    .then((h) => h.jsonValue().then((p) => ({ ready: !!p.ready, failed: p.failed || "" })))
+    .catch((e) => ({ ready: false, failed: `page never became ready: ${e.message.split("\n")[0]}` }));
+  const error = await page.textContent("#error").catch(() => "");
+  return { label, page, status, ...state, error };
+}
+
+const idOf = (page) => page.evaluate(() => String(window.ilsPage.client.you.id));
+const placeOf = (page) => page.evaluate(() => window.ilsPage.client.you.place);
+
+/** Video frames decoded in the slots currently mapped to `pid` (summed), and those slots. */
+const framesOf = (page, pid) => page.evaluate(async (pid) => {
+  const sub = window.ilsPage.sub;
+  if (!sub) return { frames: 0, slots: [] };
+  const st = await sub.slotStats();
+  const mine = st.filter((s) => s.kind === "video" && s.participant === pid);
+  return { frames: mine.reduce((a, s) => a + s.framesDecoded, 0), slots: mine.map((s) => s.slot), w: Math.max(0, ...mine.map((s) => s.frameWidth)) };
+}, pid);
+
+/** framesDecoded of given video slot numbers. */
+const slotFrames = (page, slots) => page.evaluate(async (slots) => {
+  const st = await window.ilsPage.sub.slotStats();
+  return st.filter((s) => s.kind === "video" && slots.includes(s.slot)).reduce((a, s) => a + s.framesDecoded, 0);
+}, slots);
+
+/** The subscriber connection's negotiation counters and shape. */
+const negotiationsOf = (page) => page.evaluate(() => {
+  const c = window.ilsPage.client;
+  const sub = window.ilsPage.sub;
+  return {
+    offers: sub.negotiations.offers, answers: sub.negotiations.answers, negotiationNeeded: sub.negotiationNeeded,
+    transceivers: sub.pc.getTransceivers().length, signaling: sub.pc.signalingState, state: sub.pc.connectionState,
+    answerMessages: c.received.answer || 0, mappings: sub.mappings,
+  };
+});
+
+/**
+ * Starts, inside the page, a watcher that records when a video slot mapped to `pid` first decodes
+ * a frame it had not decoded at the start (browser and node share the machine clock).
+ */
+const armFirstFrame = (page, pid, timeoutMs) => page.evaluate(({ pid, timeoutMs }) => {
+  const sub = window.ilsPage.sub;
+  window.__firstFrame = (async () => {
+    const base = new Map((await sub.slotStats()).map((s) => [`${s.kind}:${s.slot}`, s.framesDecoded]));
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const st = await sub.slotStats();
+      const hit = st.find((s) => s.kind === "video" && s.participant === pid && s.framesDecoded > (base.get(`${s.kind}:${s.slot}`) || 0));
+      if (hit) return { at: Date.now(), slot: hit.slot };
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return { at: 0, slot: -1 };
+  })();
+}, { pid, timeoutMs });
+const firstFrame = (page) => page.evaluate(() => window.__firstFrame);
+
+/** Polls `fn` in node until it returns truthy or `ms` pass; returns the last value. */
+async function until(fn, ms, every = 200) {
+  const end = Date.now() + ms;
+  let v;
+  for (;;) {
+    v = await fn();
+    if (v || Date.now() > end) return v;
+    await sleep(every);
+  }
+}
+
+async function screenshots(apps, suffix) {
+  for (const a of apps) {
+    try {
+      await a.page.screenshot({ path: join(ARTIFACTS, `ils-${a.label}-${suffix}.png`), fullPage: true });
+    } catch (e) {
+      log(`screenshot ${a.label}: ${e.message.split("\n")[0]}`);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// The scenario
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
+  log(`chromium ${browser.version()}`);
+  const control = new Control();
+  let front = null;
+  try {
+    await control.start();
+    const served = await fetch(`${BASE}/viewer.html`).then((r) => r.status).catch(() => 0);
+    if (served === 200) {
+      log("ils-control serves the app pages itself");
+    } else {
+      front = await startFront();
+      WEB = `http://${WEB_HTTP}`;
+      log(`ils-control answers GET /viewer.html with ${served}: serving control/web/ from disk on ${WEB}, forwarding the rest to ${BASE}`);
+    }
+    check("ils-control serves the app pages (GET /viewer.html, /ils-client.js)", served === 200,
+      served === 200 ? "" : `status ${served}: a route per app file is missing in control/src/http.rs (the test continues through its front server)`);
+    await run(browser);
+  } catch (e) {
+    check("scenario ran to completion", false, e && e.stack ? e.stack.split("\n").slice(0, 3).join(" | ") : String(e));
+  } finally {
+    await control.stop().catch(() => {});
+    if (front) front.close();
+    await browser.close().catch(() => {});
+  }
+}
+
+async function run(browser) {
+  // ---- 1. pages join; the host publishes into the green room --------------------------------
+  const producer = await openApp(browser, "producer", "producer.html");
+  need("producer console joins (/ws welcome, subscriber connection up)", producer.status === 200 && producer.ready,
+    `HTTP ${producer.status}; ${producer.failed || producer.error || "ok"}`);
+  const host = await openApp(browser, "host1", "studio.html");
+  need("studio joins and publishes the camera (3 simulcast layers offered)", host.status === 200 && host.ready,
+    `HTTP ${host.status}; ${host.failed || host.error || "ok"}`);
+  const viewers = [];
+  for (let i = 1; i <= 3; i++) {
+    const v = await openApp(browser, `viewer${i}`, "viewer.html");
+    need(`viewer${i} joins (welcome, subscriber connection with 4 video + 2 audio slots)`, v.status === 200 && v.ready,
+      `HTTP ${v.status}; ${v.failed || v.error || "ok"}`);
+    viewers.push(v);
+  }
+  const apps = [producer, host, ...viewers];
+  const [v1, v2, v3] = viewers;
+  const hostId = await idOf(host.page);
+  const v3Id = await idOf(v3.page);
+  const pubOffer = await host.page.evaluate(() => window.ilsPage.pub.offer);
+  writeFileSync(join(ARTIFACTS, "ils-host-offer.sdp"), pubOffer);
+  check("host's publish offer has 3 simulcast layers (rid q/h/f)", /a=simulcast:send q;h;f/.test(pubOffer));
+  check("host joins into the green room", (await placeOf(host.page)) === "green_room", `place ${await placeOf(host.page)}`);
+  check("viewers join into the audience", (await Promise.all(viewers.map((v) => placeOf(v.page)))).every((p) => p === "audience"));
+  const seesHost = await until(() => producer.page.evaluate((id) => window.ilsPage.client.inPlace("green_room").some((p) => String(p.id) === id), hostId), 10_000);
+  need("producer console lists the host in the green room", seesHost);
+  const prodHost = await until(async () => { const f = await framesOf(producer.page, hostId); return f.frames >= MIN_FRAMES ? f : null; }, FIRST_MEDIA_TIMEOUT_MS, 500);
+  check("producer decodes the host while it is in the green room", !!prodHost, prodHost ? `${prodHost.frames} frames` : "no frames");
+  const leak = await Promise.all(viewers.map((v) => framesOf(v.page, hostId)));
+  check("viewers get no media of a green-room host", leak.every((f) => f.frames === 0 && f.slots.length === 0),
+    leak.map((f, i) => `viewer${i + 1}: slots ${JSON.stringify(f.slots)} frames ${f.frames}`).join("; "));
+  await screenshots(apps, "1-green-room");
+
+  // ---- 2. the host goes live ----------------------------------------------------------------
+  await producer.page.click(`#green li[data-participant="${hostId}"] button.to-stage`);
+  const live = await until(async () => (await placeOf(host.page)) === "stage", 5_000);
+  check("producer's 'to stage' puts the host live (studio shows stage)", live);
+  const hostFrames = await until(async () => {
+    const f = await Promise.all(viewers.map((v) => framesOf(v.page, hostId)));
+    return f.every((x) => x.frames >= MIN_FRAMES) ? f : null;
+  }, FIRST_MEDIA_TIMEOUT_MS, 500) || (await Promise.all(viewers.map((v) => framesOf(v.page, hostId))));
+  need(`3 viewers decode the live host (>= ${MIN_FRAMES} frames each)`, hostFrames.every((x) => x.frames >= MIN_FRAMES),
+    hostFrames.map((f, i) => `viewer${i + 1}: ${f.frames} frames, slots ${JSON.stringify(f.slots)}, ${f.w}px`).join("; "));
+  await screenshots(apps, "2-host-live");
+
+  // ---- 3. raise hand → invite → green room → stage, no renegotiation ------------------------
+  await v3.page.click("#hand");
+  const hand = await until(() => producer.page.evaluate((id) => window.ilsPage.client.hands.has(id), v3Id), 5_000);
+  need("viewer3's raised hand reaches the producer", hand);
+  await producer.page.click(`#hands li[data-participant="${v3Id}"] button.invite`);
+  const invited = await until(() => v3.page.evaluate(() => window.ilsPage.invited > 0 && !!window.ilsPage.preview), 10_000);
+  need("viewer3 is invited and previews its camera", invited);
+  await v3.page.click("#golive");
+  const v3pub = await until(() => v3.page.evaluate(() => {
+    const c = window.ilsPage.client;
+    return c.publication && c.publication.pc.connectionState === "connected" && c.you.place === "green_room" ? c.publication.negotiations : null;
+  }), 20_000);
+  need("viewer3 publishes from the green room", !!v3pub, JSON.stringify(v3pub || (await v3.page.evaluate(() => ({ place: window.ilsPage.client.you.place, pc: window.ilsPage.client.publication && window.ilsPage.client.publication.pc.connectionState })))));
+  await until(() => producer.page.evaluate((id) => window.ilsPage.client.inPlace("green_room").some((p) => String(p.id) === id), v3Id), 5_000);
+  await sleep(1000); // let viewer3's publisher reach the engine (its layers start flowing)
+  const others = [v1, v2];
+  const negBefore = await Promise.all(others.map((v) => negotiationsOf(v.page)));
+  for (const v of others) await armFirstFrame(v.page, v3Id, 10_000);
+  const tMove = Date.now();
+  await producer.page.click(`#green li[data-participant="${v3Id}"] button.to-stage`);
+  const firsts = await Promise.all(others.map((v) => firstFrame(v.page)));
+  const lat = firsts.map((f) => (f.at ? f.at - tMove : -1));
+  writeFileSync(join(ARTIFACTS, "ils-stage-latency.json"), JSON.stringify({ firsts, lat }, null, 2));
+  check(`viewers 1 and 2 decode viewer3 within ${STAGE_DECODE_MS} ms of 'to stage'`, lat.every((l) => l >= 0 && l <= STAGE_DECODE_MS),
+    lat.map((l, i) => `viewer${i + 1}: ${l < 0 ? "never" : l + " ms"} (slot ${firsts[i].slot})`).join("; "));
+  await sleep(1500);
+  const v3Frames = await Promise.all(others.map((v) => framesOf(v.page, v3Id)));
+  await sleep(1000);
+  const v3Frames2 = await Promise.all(others.map((v) => framesOf(v.page, v3Id)));
+  check("viewer3's video keeps playing at viewers 1 and 2 (>= 10 frames/s)", v3Frames2.every((f, i) => f.frames - v3Frames[i].frames >= 10),
+    v3Frames2.map((f, i) => `viewer${i + 1}: ${v3Frames[i].frames}→${f.frames}`).join("; "));
+  const negAfter = await Promise.all(others.map((v) => negotiationsOf(v.page)));
+  check("no renegotiation on stage change: viewers' subscriber connections made 1 offer / 1 answer, unchanged",
+    negAfter.every((n, i) => n.offers === 1 && n.answers === 1 && n.answerMessages === 1 && n.offers === negBefore[i].offers &&
+      n.answers === negBefore[i].answers && n.transceivers === negBefore[i].transceivers && n.signaling === "stable" && n.mappings > negBefore[i].mappings),
+    negAfter.map((n, i) => `viewer${i + 1}: before ${JSON.stringify(negBefore[i])} after ${JSON.stringify(n)}`).join("; "));
+  await screenshots(apps, "3-viewer3-on-stage");
+
+  // ---- 4. back to the green room: media stops reaching viewers ------------------------------
+  const slotsOfV3 = v3Frames2.map((f) => f.slots);
+  await producer.page.click(`#stage li[data-participant="${v3Id}"] button.to-green`);
+  await sleep(1000);
+  const offA = await Promise.all(others.map((v, i) => slotFrames(v.page, slotsOfV3[i])));
+  const hostA = await Promise.all(others.map((v) => framesOf(v.page, hostId)));
+  const prodA = await framesOf(producer.page, v3Id);
+  await sleep(2000);
+  const offB = await Promise.all(others.map((v, i) => slotFrames(v.page, slotsOfV3[i])));
+  const hostB = await Promise.all(others.map((v) => framesOf(v.page, hostId)));
+  const prodB = await framesOf(producer.page, v3Id);
+  const mapped = await Promise.all(others.map((v) => framesOf(v.page, v3Id)));
+  check("after 'back to green room' viewer3's media stops reaching viewers (slot frames frozen from +1 s to +3 s, slot unmapped)",
+    offB.every((b, i) => b - offA[i] <= OFF_STAGE_MAX_FRAMES) && mapped.every((m) => m.slots.length === 0),
+    offB.map((b, i) => `viewer${i + 1}: slots ${JSON.stringify(slotsOfV3[i])} ${offA[i]}→${b}, mapped now ${JSON.stringify(mapped[i].slots)}`).join("; "));
+  check("the host keeps playing at viewers meanwhile", hostB.every((b, i) => b.frames - hostA[i].frames >= 20),
+    hostB.map((b, i) => `viewer${i + 1}: ${hostA[i].frames}→${b.frames}`).join("; "));
+  check("the producer still decodes viewer3 in the green room", prodB.frames - prodA.frames >= 20, `${prodA.frames}→${prodB.frames}`);
+
+  // ---- 5a. chat ---------------------------------------------------------------------------
+  const text = `hello from viewer1 ${Date.now() % 100000}`;
+  const hasText = (page) => page.evaluate((t) => window.ilsPage.client.chatLog.some((m) => m.text === t), text);
+  const tChat = Date.now();
+  await v1.page.fill("#chat-input", text);
+  await v1.page.press("#chat-input", "Enter");
+  const got = await until(async () => (await Promise.all([v1, v2, producer].map((a) => hasText(a.page)))).every(Boolean), 5_000, 50);
+  check("chat round trip: viewer1's message reaches viewers and the producer", got, `${Date.now() - tChat} ms`);
+  check("hosts do not see an audience message the producer has not featured", !(await hasText(host.page)));
+  await producer.page.click(`#chat li:has(span.text:text-is("${text}")) button.feature`);
+  const featured = await until(() => hasText(host.page), 5_000, 100);
+  check("hosts see the message once the producer features it", featured);
+  await producer.page.click(`#chat li:has(span.text:text-is("${text}")) button.hide`);
+  const hidden = await until(() => v2.page.evaluate((t) => ![...document.querySelectorAll("#chat li .text")].some((e) => e.textContent === t), text), 5_000, 100);
+  check("a message the producer hides disappears from viewers' chat", hidden);
+
+  // ---- 5b. poll ---------------------------------------------------------------------------
+  await producer.page.fill("#poll-q", "Best codec?");
+  await producer.page.fill("#poll-opts", "VP8, AV1, H.264");
+  await producer.page.click("#poll-form button");
+  const pollId = await until(() => v1.page.evaluate(() => { const p = [...window.ilsPage.client.polls.values()].find((p) => p.question === "Best codec?"); return p ? String(p.id) : null; }), 5_000);
+  need("viewers receive the poll", !!pollId);
+  const votes = [[v1, 0], [v2, 1], [v3, 0]];
+  for (const [v, opt] of votes) {
+    await until(() => v.page.evaluate((id) => !!document.querySelector(`.poll[data-poll="${id}"] button.vote`), pollId), 5_000);
+    await v.page.click(`.poll[data-poll="${pollId}"] button.vote[data-option="${opt}"]`);
+  }
+  const counts = await until(async () => {
+    const c = await producer.page.evaluate((id) => { const p = window.ilsPage.client.polls.get(id); return p ? p.counts : null; }, pollId);
+    return c && c[0] === 2 && c[1] === 1 && c[2] === 0 ? c : null;
+  }, 5_000, 100);
+  check("poll results reach the producer: [2, 1, 0]", !!counts, JSON.stringify(counts || await producer.page.evaluate((id) => window.ilsPage.client.polls.get(id), pollId)));
+  const viewerCounts = await until(() => v2.page.evaluate((id) => { const p = window.ilsPage.client.polls.get(id); return p && p.counts[0] === 2 && p.counts[1] === 1 ? p.counts : null; }, pollId), 5_000, 100);
+  check("viewers see the live results", !!viewerCounts, JSON.stringify(viewerCounts));
+  const again = await v1.page.evaluate((id) => window.ilsPage.client.vote(Number(id), 1).then(() => "accepted", (e) => e.code), pollId);
+  check("a second vote by the same viewer is refused with a typed error", again === "conflict", `got ${again}`);
+
+  // ---- 5c. reaction burst, aggregated ---------------------------------------------------------
+  const before = await producer.page.evaluate(() => ({ msgs: window.ilsPage.client.received.reactions || 0, totals: { ...window.ilsPage.reactions.totals } }));
+  const sent = await Promise.all(viewers.map((v) => v.page.evaluate(async (n) => {
+    const c = window.ilsPage.client;
+    const all = [];
+    for (let i = 0; i < n; i++) all.push(c.react("👍"), c.react("🎉"));
+    const r = await Promise.allSettled(all);
+    return { ok: r.filter((x) => x.status === "fulfilled").length, refused: r.filter((x) => x.status === "rejected").map((x) => x.reason.code) };
+  }, REACTIONS_PER_VIEWER)));
+  const accepted = sent.reduce((a, s) => a + s.ok, 0);
+  const windowMs = await producer.page.evaluate(() => (window.ilsPage.client.limits && window.ilsPage.client.limits.reaction_window_ms) || 500);
+  await sleep(2 * windowMs + 500);
+  const after = await producer.page.evaluate(() => ({ msgs: window.ilsPage.client.received.reactions || 0, totals: { ...window.ilsPage.reactions.totals } }));
+  const delta = (e) => (after.totals[e] || 0) - (before.totals[e] || 0);
+  const msgs = after.msgs - before.msgs;
+  const refusedCodes = [...new Set(sent.flatMap((s) => s.refused))];
+  check("reaction burst arrives aggregated: counts add up to the accepted reactions, in fewer messages",
+    accepted > 0 && delta("👍") + delta("🎉") === accepted && msgs >= 1 && msgs < accepted,
+    `sent ${3 * 2 * REACTIONS_PER_VIEWER}, accepted ${accepted} (refused: ${refusedCodes.join(",") || "none"}), counted 👍 ${delta("👍")} 🎉 ${delta("🎉")} in ${msgs} reactions messages (window ${windowMs} ms)`);
+  check("refused reactions carry a typed code (rate_limited)", refusedCodes.every((c) => c === "rate_limited"), refusedCodes.join(",") || "none refused");
+
+  // ---- 5d. layout, grid orientation -----------------------------------------------------------
+  await producer.page.selectOption("#layout-mode", "spotlight");
+  await producer.page.selectOption("#layout-who", hostId).catch(() => {});
+  await producer.page.click("#push-layout");
+  const lay = await until(() => v1.page.evaluate(() => window.ilsPage.client.layout && window.ilsPage.client.layout.mode), 5_000, 100);
+  check("a pushed layout reaches viewers", lay === "spotlight", `layout ${lay}`);
+  await v2.page.setViewportSize({ width: 540, height: 960 });
+  await sleep(300);
+  const dirs = await Promise.all([v1, v2].map((v) => v.page.evaluate(() => getComputedStyle(document.getElementById("grid")).flexDirection)));
+  check("viewer grid: side by side in landscape, stacked in portrait", dirs[0] === "row" && dirs[1] === "column", `landscape ${dirs[0]}, portrait ${dirs[1]}`);
+  await screenshots(apps, "4-end");
+
+  const finalNeg = await Promise.all(viewers.map((v) => negotiationsOf(v.page)));
+  writeFileSync(join(ARTIFACTS, "ils-final.json"), JSON.stringify({ negotiations: finalNeg }, null, 2));
+  check("every viewer made exactly one offer/answer on its subscriber connection over the whole session",
+    finalNeg.every((n) => n.offers === 1 && n.answers === 1), finalNeg.map((n) => `${n.offers}/${n.answers}`).join(" "));
+}
+
+const watchdog = setTimeout(() => {
+  check(`test finished within ${DEADLINE_S} s`, false, "deadline hit");
+  console.log(summary().line);
+  process.exit(1);
+}, DEADLINE_S * 1000);
+
+await main();
+clearTimeout(watchdog);
+const s = summary();
+writeFileSync(join(ARTIFACTS, "ils-summary.txt"), results.map((r) => `${r.ok ? "PASS" : "FAIL"} ${r.name}: ${r.detail}`).join("\n") + "\n" + s.line + "\n");
+console.log(s.line);
+process.exit(s.failed === 0 && s.passed > 0 ? 0 : 1);
