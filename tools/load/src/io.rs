@@ -52,6 +52,16 @@ pub const SR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_LATENCY_NS: u64 = 60_000_000_000;
 /// A publisher more than this behind its schedule skips ahead instead of bursting. Default 200 ms.
 pub const MAX_CATCH_UP: Duration = Duration::from_millis(200);
+/// Publisher pacing rate as a multiple of the media bitrate. Default 2.5, Chromium's pacing
+/// factor: a frame's packets leave spread over time instead of as one line-rate burst, as a
+/// browser sends them, so the SFU-added latency is not the publisher's own burst.
+pub const PACING_FACTOR: f64 = 2.5;
+/// Longest a publisher's pacer may sleep between sends. Default 1 ms (the pacer's tick).
+pub const PACE_TICK: Duration = Duration::from_millis(1);
+/// Most video packets queued in one publisher's pacer; a frame that would overflow it is
+/// sent at once (counted as `pacer_overflows`). Default 4096 (≈ 20 keyframes of the top
+/// layer); worst case 4096 × 16 B per publisher, allocated at setup.
+pub const PACER_QUEUE: usize = 4096;
 
 /// I/O thread settings.
 #[derive(Debug, Clone)]
@@ -152,6 +162,8 @@ pub struct IoTotals {
     pub consent_ok: u64,
     /// Connectivity checks from a full-ICE server answered (Janus; 0 with ils, which is ICE-lite).
     pub checks_answered: u64,
+    /// Video frames sent unpaced because the publisher's pacer queue was full.
+    pub pacer_overflows: u64,
     /// Keyframe requests (PLI/FIR) publishers received.
     pub keyframe_requests_in: u64,
     /// NACKs publishers received (not answered: the engine retransmits from its cache).
@@ -321,7 +333,24 @@ struct TxStream {
     probe_seq: u32,
 }
 
+/// One queued video packet of a publisher's pacer.
+#[derive(Clone, Copy)]
+struct Paced {
+    layer: u8,
+    marker: bool,
+    ts: u32,
+    vp8: Vp8Packet,
+    len: u16,
+}
+
 struct Publisher {
+    /// Video packets waiting for the pacer (capacity [`PACER_QUEUE`], allocated at setup).
+    pacer: std::collections::VecDeque<Paced>,
+    /// Pacer byte budget (may go negative by one packet) and when it was last refilled.
+    pace_budget: f64,
+    pace_at: u64,
+    /// Pacing rate, bytes per ns.
+    pace_rate: f64,
     audio: TxStream,
     layers: Vec<TxStream>,
     audio_pt: u8,
@@ -484,7 +513,20 @@ impl Io {
                 };
                 let mut audio = mk(b"", None);
                 audio.ssrc = r.audio_ssrc;
+                let media_bps: u64 = if layers.is_empty() {
+                    0
+                } else {
+                    media::LAYER_BITRATES.iter().sum()
+                };
                 Kind::Publisher(Box::new(Publisher {
+                    pacer: std::collections::VecDeque::with_capacity(if layers.is_empty() {
+                        0
+                    } else {
+                        PACER_QUEUE
+                    }),
+                    pace_budget: 0.0,
+                    pace_at: now_ns,
+                    pace_rate: PACING_FACTOR * media_bps as f64 / 8.0 / 1e9,
                     audio,
                     layers,
                     audio_pt: a.and_then(|m| m.pt_of("opus")).unwrap_or(sdp::PT_OPUS),
@@ -885,6 +927,10 @@ fn run_publisher(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
             if key {
                 acc.totals.keyframes_sent += 1;
             }
+            let paced = match &ep.kind {
+                Kind::Publisher(p) => p.pacer.len() + n <= PACER_QUEUE,
+                Kind::Viewer(_) => return u64::MAX,
+            };
             for i in 0..n {
                 let v = Vp8Packet {
                     first: i == 0,
@@ -893,8 +939,50 @@ fn run_publisher(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
                     tl0picidx: tl0,
                 };
                 let len = if i + 1 == n { last } else { each };
-                send_media(ep, acc, true, layer, i + 1 == n, ts, Some(v), len);
+                let q = Paced {
+                    layer: layer as u8,
+                    marker: i + 1 == n,
+                    ts,
+                    vp8: v,
+                    len: len as u16,
+                };
+                if paced {
+                    if let Kind::Publisher(p) = &mut ep.kind {
+                        p.pacer.push_back(q);
+                    }
+                } else {
+                    acc.totals.pacer_overflows += 1;
+                    send_paced(ep, acc, q);
+                }
             }
+        }
+    }
+    // the pacer: queued video at PACING_FACTOR × the media rate
+    let mut pace_next = u64::MAX;
+    if let Kind::Publisher(p) = &mut ep.kind {
+        let dt = now_ns.saturating_sub(p.pace_at) as f64;
+        p.pace_at = now_ns;
+        // An idle pacer does not bank budget beyond one tick's worth.
+        let cap = p.pace_rate * PACE_TICK.as_nanos() as f64;
+        p.pace_budget = (p.pace_budget + dt * p.pace_rate).min(cap.max(1200.0));
+    }
+    loop {
+        let q = match &mut ep.kind {
+            Kind::Publisher(p) if p.pace_budget > 0.0 => match p.pacer.pop_front() {
+                Some(q) => {
+                    p.pace_budget -= f64::from(q.len) + 40.0;
+                    q
+                }
+                None => break,
+            },
+            _ => break,
+        };
+        send_paced(ep, acc, q);
+    }
+    if let Kind::Publisher(p) = &ep.kind {
+        if !p.pacer.is_empty() && p.pace_rate > 0.0 {
+            let wait = ((-p.pace_budget).max(0.0) / p.pace_rate) as u64;
+            pace_next = now_ns + wait.clamp(1, PACE_TICK.as_nanos() as u64);
         }
     }
     // sender reports
@@ -934,11 +1022,24 @@ fn run_publisher(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
     let Kind::Publisher(p) = &ep.kind else {
         return u64::MAX;
     };
-    let mut next = p.next_audio.min(p.next_sr);
+    let mut next = p.next_audio.min(p.next_sr).min(pace_next);
     if !p.layers.is_empty() {
         next = next.min(p.next_frame);
     }
     next
+}
+
+fn send_paced(ep: &mut Endpoint, acc: &mut Acc, q: Paced) {
+    send_media(
+        ep,
+        acc,
+        true,
+        usize::from(q.layer),
+        q.marker,
+        q.ts,
+        Some(q.vp8),
+        usize::from(q.len),
+    );
 }
 
 fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
