@@ -201,3 +201,208 @@ mod tests {
         assert!(cdf_points(&Histogram::<u64>::new(3).unwrap()).is_empty());
     }
 }
+
+/// One step of a ramp as `bench/run` writes it to `load.jsonl` (one JSON object per line):
+/// the server measured (`ils`, `janus`, `medooze`; default `ils`), viewers and what was seen.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RampRow {
+    /// Server name (a series of the plots).
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// Viewers requested.
+    pub viewers: f64,
+    /// Packets per second delivered to viewers.
+    #[serde(default)]
+    pub pps_out: Option<f64>,
+    /// Server (engine) CPU percent of one core.
+    #[serde(default)]
+    pub engine_cpu_pct: Option<f64>,
+    /// p99 SFU-added latency, µs.
+    #[serde(default)]
+    pub p99_us: Option<f64>,
+    /// Loss percent.
+    #[serde(default)]
+    pub loss_pct: Option<f64>,
+}
+
+fn default_server() -> String {
+    "ils".into()
+}
+
+/// Most lines [`parse_ramp`] reads. Default 10,000 (a ramp has tens); bounds memory on a
+/// wrong input file to ≈ 1 MiB.
+pub const MAX_RAMP_ROWS: usize = 10_000;
+
+/// Parse `load.jsonl`: one [`RampRow`] per line; blank lines skipped; a bad line is an error
+/// naming its line number.
+pub fn parse_ramp(text: &str) -> anyhow::Result<Vec<RampRow>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        anyhow::ensure!(
+            rows.len() < MAX_RAMP_ROWS,
+            "more than {MAX_RAMP_ROWS} rows: is this a load.jsonl from bench/run?"
+        );
+        let r: RampRow = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!("line {}: {e} (expected bench/run's load.jsonl)", i + 1)
+        })?;
+        anyhow::ensure!(
+            r.viewers.is_finite() && r.viewers >= 0.0,
+            "line {}: viewers must be a non-negative number",
+            i + 1
+        );
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+/// Series colours, one per server in order of first appearance.
+const SERIES: [plotters::style::RGBColor; 4] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(148, 103, 189),
+];
+
+/// Draw one metric against viewers, a line per server, into an SVG at `path`. Rows without
+/// the metric are skipped; nothing to draw still writes an empty, labelled chart.
+pub fn ramp_svg(
+    path: &Path,
+    rows: &[RampRow],
+    title: &str,
+    y_desc: &str,
+    metric: fn(&RampRow) -> Option<f64>,
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let mut servers: Vec<&str> = Vec::new();
+    for r in rows {
+        if !servers.contains(&r.server.as_str()) {
+            servers.push(&r.server);
+        }
+    }
+    let pts = |s: &str| -> Vec<(f64, f64)> {
+        let mut v: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.server == s)
+            .filter_map(|r| metric(r).filter(|y| y.is_finite()).map(|y| (r.viewers, y)))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let all: Vec<(f64, f64)> = servers.iter().flat_map(|s| pts(s)).collect();
+    let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("viewers")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, s) in servers.iter().enumerate() {
+        let c = SERIES[i % SERIES.len()];
+        let p = pts(s);
+        chart
+            .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(*s)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+        chart
+            .draw_series(p.into_iter().map(|xy| Circle::new(xy, 3, c.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// The ramp plots of `bench/run`: pps-vs-viewers.svg, cpu-vs-viewers.svg,
+/// p99-vs-viewers.svg in `dir`. Returns the paths written.
+pub fn ramp_plots(dir: &Path, rows: &[RampRow]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let plots: [(&str, &str, &str, fn(&RampRow) -> Option<f64>); 3] = [
+        (
+            "pps-vs-viewers.svg",
+            "Packets/s delivered to viewers",
+            "packets/s",
+            |r| r.pps_out,
+        ),
+        (
+            "cpu-vs-viewers.svg",
+            "Server CPU (one core = 100 %)",
+            "CPU %",
+            |r| r.engine_cpu_pct,
+        ),
+        ("p99-vs-viewers.svg", "p99 SFU-added latency", "µs", |r| {
+            r.p99_us
+        }),
+    ];
+    let mut out = Vec::new();
+    for (name, title, y, f) in plots {
+        let p = dir.join(name);
+        ramp_svg(&p, rows, title, y, f)?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod ramp_tests {
+    use super::*;
+
+    #[test]
+    fn ramp_rows_parse_and_plot_per_server() {
+        let text = r#"{"viewers":250,"pps_out":55581.5,"engine_cpu_pct":25.6,"p99_us":900,"loss_pct":0}
+
+{"server":"janus","viewers":250,"pps_out":50000,"engine_cpu_pct":80,"p99_us":null}
+{"viewers":1000,"connected":1000,"pps_out":222000,"engine_cpu_pct":90.5,"p99_us":3000}"#;
+        let rows = parse_ramp(text).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].server, "ils");
+        assert_eq!(rows[1].server, "janus");
+        assert_eq!(rows[1].p99_us, None);
+        let dir = std::env::temp_dir().join(format!("ils-plot-test-{}", std::process::id()));
+        let files = ramp_plots(&dir, &rows).unwrap();
+        assert_eq!(files.len(), 3);
+        for f in &files {
+            let svg = std::fs::read_to_string(f).unwrap();
+            assert!(svg.contains("<svg"), "{}", f.display());
+            assert!(
+                svg.contains("janus") && svg.contains("ils"),
+                "legend in {}",
+                f.display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_ramp_lines_are_errors_naming_the_line() {
+        for bad in [
+            "{",
+            "[]",
+            r#"{"viewers":"x"}"#,
+            r#"{"pps_out":1}"#,
+            r#"{"viewers":-1}"#,
+        ] {
+            let text = format!("{{\"viewers\":1}}\n{bad}\n");
+            let e = parse_ramp(&text).unwrap_err().to_string();
+            assert!(e.contains("line 2"), "{bad}: {e}");
+        }
+    }
+}
