@@ -22,6 +22,10 @@
 // Node front server serves control/web/ from disk and forwards everything else (HTTP and the /ws
 // WebSocket upgrade) to ils-control; the log says which.
 //
+// --mock: no ils at all: the script's own stand-in serves control/web/ and speaks /ws (node), and
+// a Chromium page answers the SDP offers and forwards each publisher's video into subscriber slots
+// (replaceTrack). It checks the pages, ils-client.js and this script, not ils.
+//
 // Environment (all optional):
 //   ILS_CONTROL_BIN     path of ils-control (required; run.sh sets it)
 //   ILS_HTTP            control's HTTP listen address, default 127.0.0.1:18080
@@ -36,6 +40,7 @@
 
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { createServer, request as httpRequest } from "node:http";
 import { connect as netConnect } from "node:net";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
@@ -49,6 +54,7 @@ const HTTP = process.env.ILS_HTTP || "127.0.0.1:18080";
 const BASE = `http://${HTTP}`;
 const WEB_HTTP = process.env.ILS_WEB_HTTP || "127.0.0.1:18081";
 const ROOM = "ilstest";
+const MOCK = process.argv.includes("--mock");
 const ARTIFACTS = process.env.ILS_ARTIFACTS || join(HERE, "artifacts");
 const DEADLINE_S = intEnv("ILS_TEST_TIMEOUT_S", 240);
 /** Frames each viewer must decode of the first host once it is live. */
@@ -118,7 +124,7 @@ function need(name, ok, detail = "") {
 function summary() {
   const passed = results.filter((r) => r.ok).length;
   const failed = results.length - passed;
-  return { passed, failed, line: `browser ils session: ${passed} passed, ${failed} failed` };
+  return { passed, failed, line: `browser ils session${MOCK ? " (mock server)" : ""}: ${passed} passed, ${failed} failed` };
 }
 
 // ------------------------------------------------------------------------------------------
@@ -204,6 +210,345 @@ function startFront() {
   });
   const [host, port] = [WEB_HTTP.slice(0, WEB_HTTP.lastIndexOf(":")), Number(WEB_HTTP.slice(WEB_HTTP.lastIndexOf(":") + 1))];
   return new Promise((r, j) => server.listen(port, host, () => r(server)).once("error", j));
+}
+
+// ------------------------------------------------------------------------------------------
+// --mock: a stand-in for ils-control (no ils at all), to check the pages, ils-client.js and this
+// script while the real /ws is not there. Node serves control/web/ and speaks the /ws protocol
+// (docs/protocol.md, the parts the scenario uses, no rate limits); a Chromium "media server" page
+// answers publish/subscribe offers and forwards each publisher's received video into subscriber
+// slots with replaceTrack (slot changes re-map senders, no renegotiation; audio slots stay silent).
+
+const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/** Minimal RFC 6455 server side: unfragmented text frames, close, ping. */
+class MockSocket {
+  constructor(socket, onText, onClose) {
+    this.socket = socket;
+    this.buf = Buffer.alloc(0);
+    this.open = true;
+    socket.on("data", (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      for (;;) {
+        const f = this.parse();
+        if (!f) break;
+        if (f.op === 1) onText(f.data.toString("utf8"));
+        else if (f.op === 8) { this.close(); break; } else if (f.op === 9) this.frame(10, f.data);
+      }
+    });
+    const gone = () => { if (this.open) { this.open = false; onClose(); } };
+    socket.on("close", gone);
+    socket.on("error", gone);
+  }
+  parse() {
+    const b = this.buf;
+    if (b.length < 2) return null;
+    const op = b[0] & 15;
+    let len = b[1] & 127;
+    let off = 2;
+    if (len === 126) { if (b.length < 4) return null; len = b.readUInt16BE(2); off = 4; } else if (len === 127) { if (b.length < 10) return null; len = Number(b.readBigUInt64BE(2)); off = 10; }
+    const masked = (b[1] & 128) !== 0;
+    const need = off + (masked ? 4 : 0) + len;
+    if (b.length < need) return null;
+    const mask = masked ? b.subarray(off, off + 4) : null;
+    const data = Buffer.from(b.subarray(off + (masked ? 4 : 0), need));
+    if (mask) for (let i = 0; i < data.length; i++) data[i] ^= mask[i & 3];
+    this.buf = b.subarray(need);
+    return { op, data };
+  }
+  frame(op, data) {
+    if (!this.open) return;
+    const n = data.length;
+    const head = n < 126 ? Buffer.from([128 | op, n]) : n < 65536 ? Buffer.from([128 | op, 126, n >> 8, n & 255]) : Buffer.concat([Buffer.from([128 | op, 127]), (() => { const x = Buffer.alloc(8); x.writeBigUInt64BE(BigInt(n)); return x; })()]);
+    this.socket.write(Buffer.concat([head, data]));
+  }
+  send(obj) { this.frame(1, Buffer.from(JSON.stringify(obj))); }
+  close() { if (this.open) { this.frame(8, Buffer.alloc(0)); this.open = false; this.socket.end(); } }
+}
+
+class MockIls {
+  constructor(browser) {
+    this.browser = browser;
+    this.nextId = 1;
+    this.nextMsg = 1;
+    /** @type {Map<number, any>} */
+    this.ps = new Map();
+    this.chat = [];
+    this.polls = new Map();
+    this.votes = new Set();
+    this.reactions = {};
+    this.layout = null;
+    this.timer = null;
+  }
+  async start() {
+    const ctx = await this.browser.newContext();
+    this.media = await ctx.newPage();
+    this.media.on("console", (m) => { if (m.type() === "error") log(`[mock media console] ${m.text()}`); });
+    this.server = createServer((req, res) => this.http(req, res));
+    this.server.on("upgrade", (req, socket) => this.upgrade(req, socket));
+    const [host, port] = [HTTP.slice(0, HTTP.lastIndexOf(":")), Number(HTTP.slice(HTTP.lastIndexOf(":") + 1))];
+    await new Promise((r, j) => this.server.listen(port, host, r).once("error", j));
+    await this.media.goto(`${BASE}/mockmedia`);
+    await this.media.evaluate(installMockMedia);
+    this.timer = setInterval(() => this.tick(), 500);
+    log(`mock ils on ${BASE} (node /ws + a forwarding Chromium page; ils-control is not involved)`);
+  }
+  async stop() { clearInterval(this.timer); for (const p of this.ps.values()) p.ws.close(); this.server.close(); }
+  http(req, res) {
+    const url = new URL(req.url, BASE);
+    const file = APP_FILES[url.pathname];
+    if (req.method === "GET" && file) {
+      res.writeHead(200, { "Content-Type": file[1] });
+      return res.end(readFileSync(join(WEB_DIR, file[0])));
+    }
+    if (url.pathname === "/mockmedia") { res.writeHead(200, { "Content-Type": "text/html" }); return res.end("<!doctype html><title>mock media</title>"); }
+    if (url.pathname === "/api/dev/token") {
+      res.writeHead(200, { "Content-Type": "application/json" });
+      const claims = { role: url.searchParams.get("role"), name: url.searchParams.get("name") || "anon", room: url.searchParams.get("room") };
+      return res.end(JSON.stringify({ token: Buffer.from(JSON.stringify(claims)).toString("base64url") }));
+    }
+    res.writeHead(404, { "Content-Type": "text/plain" });
+    res.end("not found\n");
+  }
+  upgrade(req, socket) {
+    if (new URL(req.url, BASE).pathname !== "/ws") return socket.destroy();
+    const accept = createHash("sha1").update(req.headers["sec-websocket-key"] + WS_GUID).digest("base64");
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    let me = null;
+    const ws = new MockSocket(socket, (text) => {
+      let m;
+      try { m = JSON.parse(text); } catch { return ws.send({ type: "error", code: "bad_message", reason: "not JSON" }); }
+      if (!me) {
+        if (m.type !== "hello") return ws.send({ type: "error", code: "not_joined", reason: "send hello first", rid: m.rid });
+        me = this.join(ws, m);
+        return;
+      }
+      this.handle(me, m).catch((e) => ws.send({ type: "error", code: "internal", reason: e.message.split("\n")[0], rid: m.rid }));
+    }, () => { if (me) this.leave(me); });
+  }
+  info(p) { return { id: p.id, name: p.name, role: p.role, place: p.place, muted: p.muted, publishing: p.publishing }; }
+  /** Who may see a participant in `place` (docs/protocol.md "Who sees whom"). */
+  sees(viewer, place) {
+    if (place === "stage") return true;
+    if (place === "green_room" || place === "backstage") return viewer.place !== "audience";
+    return false;
+  }
+  chatVisible(p, c) { return p.role !== "host" || c.featured || c.from.role !== "viewer"; }
+  join(ws, hello) {
+    let claims = {};
+    try { claims = JSON.parse(Buffer.from(hello.token, "base64url").toString()); } catch { /* */ }
+    const role = claims.role || "viewer";
+    const p = { id: this.nextId++, name: hello.name || claims.name, role, place: { host: "green_room", producer: "backstage" }[role] || "audience",
+      muted: { audio: false, video: false }, publishing: false, ws, hand: false, sub: null, vmap: [], amap: [] };
+    this.ps.set(p.id, p);
+    const all = [...this.ps.values()];
+    ws.send({ type: "welcome", v: 1, rid: hello.rid,
+      you: { id: p.id, role, name: p.name, place: p.place, grants: { publish: role !== "viewer", subscribe: true, chat: true, admin: role === "producer" } },
+      state: { stage: all.filter((x) => x.place === "stage").map((x) => this.info(x)),
+        green_room: p.place === "audience" ? [] : all.filter((x) => x.place === "green_room").map((x) => this.info(x)),
+        producers: p.place === "audience" ? [] : all.filter((x) => x.role === "producer").map((x) => this.info(x)),
+        audience_count: all.filter((x) => x.place === "audience").length,
+        chat: this.chat.filter((c) => this.chatVisible(p, c)).slice(-50), polls: [...this.polls.values()],
+        hands: role === "producer" ? all.filter((x) => x.hand).map((x) => this.info(x)) : [],
+        layout: this.layout, limits: { reaction_window_ms: 500, max_video_slots: 25, max_audio_slots: 8 } } });
+    this.announce(p, null);
+    return p;
+  }
+  leave(p) {
+    this.ps.delete(p.id);
+    for (const q of this.ps.values()) if (this.sees(q, p.place)) q.ws.send({ type: "participant_left", id: p.id });
+    this.media.evaluate((id) => window.sfu.close(id), p.id).catch(() => {});
+    this.remap();
+  }
+  /** participant / participant_left to everyone whose view of `p` changed. */
+  announce(p, from) {
+    for (const q of this.ps.values()) {
+      if (q === p) continue;
+      const before = from !== null && this.sees(q, from);
+      const now = this.sees(q, p.place);
+      if (now) q.ws.send({ type: "participant", ...this.info(p) });
+      else if (before) q.ws.send({ type: "participant_left", id: p.id });
+    }
+  }
+  move(p, to) {
+    const from = p.place;
+    if (from === to) return;
+    p.place = to;
+    if (p.hand && to !== "audience") { p.hand = false; this.toProducers({ type: "hand", participant: p.id, name: p.name, raised: false }); }
+    p.ws.send({ type: "moved", participant: p.id, to });
+    this.toProducers({ type: "moved", participant: p.id, to }, p);
+    if (from === "audience") p.ws.send({ type: "invited", by: 0 });
+    // the moved participant learns who it can see now
+    for (const q of this.ps.values()) {
+      if (q === p) continue;
+      const was = this.sees({ place: from }, q.place), is = this.sees(p, q.place);
+      if (is && !was) p.ws.send({ type: "participant", ...this.info(q) });
+      else if (was && !is) p.ws.send({ type: "participant_left", id: q.id });
+    }
+    this.announce(p, from);
+    this.remap();
+  }
+  toProducers(msg, except) { for (const q of this.ps.values()) if (q.role === "producer" && q !== except) q.ws.send(msg); }
+  everyone(msg) { for (const q of this.ps.values()) q.ws.send(msg); }
+  /** Re-maps every subscriber's slots (stable: a participant keeps its slot while visible). */
+  remap() {
+    for (const q of this.ps.values()) {
+      if (!q.sub) continue;
+      const vis = [...this.ps.values()].filter((x) => x.publishing && x.place !== "audience" && x.place !== "backstage" && (x.place === "stage" || q.place !== "audience") && (q.place !== "stage" || x.place === "stage"));
+      const ids = new Set(vis.map((x) => x.id));
+      let changed = false;
+      for (const [kind, map, n] of [["video", q.vmap, q.sub.video], ["audio", q.amap, q.sub.audio]]) {
+        for (let i = 0; i < n; i++) if (map[i] !== null && map[i] !== undefined && !ids.has(map[i])) { map[i] = null; changed = true; }
+        for (const x of vis) {
+          if (map.includes(x.id)) continue;
+          let free = -1;
+          for (let i = 0; i < n; i++) if (map[i] === null || map[i] === undefined) { free = i; break; }
+          if (free < 0) continue;
+          map[free] = x.id;
+          changed = true;
+        }
+        for (let i = 0; i < n; i++) if (map[i] === undefined) map[i] = null;
+        this.media.evaluate(([sub, kind, map]) => window.sfu.map(sub, kind, map), [q.id, kind, map]).catch((e) => log(`mock map: ${e.message}`));
+      }
+      if (changed || !q.sub.announced) {
+        q.sub.announced = true;
+        q.ws.send({ type: "slots", mapping: [...q.vmap.map((p, slot) => ({ slot, participant: p, kind: "video", layer: p ? "f" : null })),
+          ...q.amap.map((p, slot) => ({ slot, participant: p, kind: "audio", layer: null }))] });
+      }
+    }
+  }
+  tick() {
+    if (Object.keys(this.reactions).length) { this.everyone({ type: "reactions", window_ms: 500, counts: this.reactions }); this.reactions = {}; }
+    for (const poll of this.polls.values()) if (poll.dirty) { poll.dirty = false; const { dirty, ...pl } = poll; this.everyone({ type: "poll", poll: pl }); }
+  }
+  async handle(p, m) {
+    const ack = () => m.rid && p.ws.send({ type: "ack", rid: m.rid });
+    const err = (code, reason) => p.ws.send({ type: "error", code, reason, rid: m.rid });
+    const admin = p.role === "producer";
+    const target = this.ps.get(Number(m.participant));
+    switch (m.type) {
+      case "publish": {
+        if (p.role === "viewer" && p.place === "audience") return err("not_allowed", "viewers publish only after an invite");
+        const sdp = await this.media.evaluate(([id, offer]) => window.sfu.publish(id, offer), [p.id, m.sdp]);
+        p.ws.send({ type: "answer", sdp, rid: m.rid });
+        await until(() => this.media.evaluate((id) => window.sfu.hasVideo(id), p.id), 10_000, 100);
+        p.publishing = true;
+        this.announce(p, p.place);
+        return this.remap();
+      }
+      case "subscribe": {
+        const r = await this.media.evaluate(([id, offer]) => window.sfu.subscribe(id, offer), [p.id, m.sdp]);
+        p.sub = { video: m.video_slots, audio: m.audio_slots, announced: false };
+        p.vmap = []; p.amap = [];
+        p.ws.send({ type: "answer", sdp: r.sdp, slots: r.slots, rid: m.rid });
+        return this.remap();
+      }
+      case "chat": {
+        const c = { id: this.nextMsg++, from: { id: p.id, name: p.name, role: p.role }, text: m.text, ts: Date.now() - t0, featured: false };
+        this.chat.push(c);
+        for (const q of this.ps.values()) if (this.chatVisible(q, c)) q.ws.send({ type: "chat", msg: c });
+        return ack();
+      }
+      case "chat_feature": case "chat_hide": {
+        if (!admin) return err("not_allowed", "producers only");
+        const c = this.chat.find((x) => x.id === m.msg_id);
+        if (!c) return err("not_found", "no such message");
+        if (m.type === "chat_hide") { this.chat = this.chat.filter((x) => x !== c); this.everyone({ type: "chat_hidden", msg_id: c.id }); return ack(); }
+        c.featured = !!m.to_hosts;
+        for (const q of this.ps.values()) {
+          if (q.role === "producer") q.ws.send({ type: "chat", msg: c });
+          else if (q.role === "host") q.ws.send(c.featured ? { type: "chat", msg: c } : { type: "chat_hidden", msg_id: c.id });
+        }
+        return ack();
+      }
+      case "react": this.reactions[m.emoji] = (this.reactions[m.emoji] || 0) + 1; return ack();
+      case "hand":
+        if (p.place !== "audience") return err("not_allowed", "hands are for the audience");
+        p.hand = !!m.raised;
+        this.toProducers({ type: "hand", participant: p.id, name: p.name, raised: p.hand });
+        return ack();
+      case "poll_create": {
+        if (!admin) return err("not_allowed", "producers only");
+        const poll = { id: this.polls.size + 1, question: m.question, options: m.options, counts: m.options.map(() => 0), closed: false };
+        this.polls.set(poll.id, poll);
+        this.everyone({ type: "poll", poll });
+        return ack();
+      }
+      case "poll_vote": {
+        const poll = this.polls.get(Number(m.poll_id));
+        if (!poll) return err("not_found", "no such poll");
+        const key = `${poll.id}:${p.name}`;
+        if (this.votes.has(key) || poll.closed) return err("conflict", "already voted");
+        this.votes.add(key);
+        poll.counts[m.option] += 1;
+        poll.dirty = true;
+        return ack();
+      }
+      case "move": case "invite":
+        if (!admin) return err("not_allowed", "producers only");
+        if (!target) return err("not_found", "no such participant");
+        this.move(target, m.type === "invite" ? "green_room" : m.to);
+        return ack();
+      case "layout":
+        if (!admin) return err("not_allowed", "producers only");
+        this.layout = m.layout;
+        this.everyone({ type: "layout", layout: m.layout });
+        return ack();
+      case "app":
+        for (const q of this.ps.values()) if (m.to.all || q.role === m.to.role || q.id === m.to.participant) q.ws.send({ type: "app", from: p.id, data: m.data });
+        return ack();
+      case "slot_size": case "trickle": case "mute": case "remove": case "end": case "poll_close": case "leave":
+        return ack();
+      default:
+        return err("bad_message", `unknown type ${m.type}`);
+    }
+  }
+}
+
+/** Runs in the mock media page: one PC per publisher and per subscriber, slots = senders. */
+function installMockMedia() {
+  window.sfu = (() => {
+    const pubs = new Map();
+    const subs = new Map();
+    async function finish(pc) {
+      await pc.setLocalDescription(await pc.createAnswer());
+      if (pc.iceGatheringState !== "complete") {
+        await new Promise((r) => { setTimeout(r, 1000); pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && r()); });
+      }
+      return pc.localDescription.sdp;
+    }
+    return {
+      async publish(id, offer) {
+        const pc = new RTCPeerConnection();
+        const tracks = {};
+        pc.addEventListener("track", (ev) => { tracks[ev.track.kind] = ev.track; });
+        pubs.set(id, { pc, tracks });
+        await pc.setRemoteDescription({ type: "offer", sdp: offer });
+        return finish(pc);
+      },
+      hasVideo(id) { const p = pubs.get(id); return !!(p && p.tracks.video && p.pc.connectionState === "connected"); },
+      async subscribe(id, offer) {
+        const pc = new RTCPeerConnection();
+        await pc.setRemoteDescription({ type: "offer", sdp: offer });
+        const byKind = { video: [], audio: [] };
+        for (const t of pc.getTransceivers()) { t.direction = "sendonly"; byKind[t.receiver.track.kind].push(t); }
+        subs.set(id, { pc, byKind });
+        const sdp = await finish(pc);
+        const slots = [...byKind.video.map((t, slot) => ({ slot, kind: "video", mid: t.mid })), ...byKind.audio.map((t, slot) => ({ slot, kind: "audio", mid: t.mid }))];
+        return { sdp, slots };
+      },
+      async map(id, kind, map) {
+        const s = subs.get(id);
+        if (!s) return;
+        for (let i = 0; i < s.byKind[kind].length; i++) {
+          const p = map[i] !== null && map[i] !== undefined ? pubs.get(map[i]) : null;
+          const track = p && kind === "video" ? p.tracks.video || null : null; // remote audio cannot be re-sent
+          if (s.byKind[kind][i].sender.track !== track) await s.byKind[kind][i].sender.replaceTrack(track);
+        }
+      },
+      close(id) { for (const m of [pubs, subs]) { const x = m.get(id); if (x) x.pc.close(); m.delete(id); } },
+    };
+  })();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -303,7 +648,7 @@ async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
   log(`chromium ${browser.version()}`);
-  const control = new Control();
+  const control = MOCK ? new MockIls(browser) : new Control();
   let front = null;
   try {
     await control.start();

@@ -7,7 +7,8 @@
 #        bash tests/browser/run.sh --mock   self-test of page + harness, no ils (mock WHIP/WHEP server)
 # Env:   ILS_CONTROL_BIN overrides the binary; see whip_whep.mjs for the other knobs.
 #        ILS_SESSION_TEST=1 also runs the ILS session scenario (ils_session.mjs, issue 5) after it;
-#        ILS_SESSION_ONLY=1 runs only that scenario (control mode; its summary is the last line).
+#        ILS_SESSION_ONLY=1 runs only that scenario (its summary is the last line). With --mock the
+#        scenario runs against its own stand-in server (checks the app pages, not ils).
 # Needs: root (or unprivileged user namespaces), /usr/bin/chromium, node >= 20 (tools/test.sh installs them).
 # Exit:  0 when every check passed; the last line is "browser: N passed, M failed".
 set -euo pipefail
@@ -60,13 +61,15 @@ if [[ "$(id -u)" != 0 ]]; then UNSHARE=(unshare --user --map-root-user --net --p
 # The ILS session scenario (ils_session.mjs), same namespaces; its log is $ART/ils-session.log.
 run_session() {
   local src
-  echo "run.sh: ILS session scenario (ils_session.mjs), control $ILS_CONTROL_BIN, http $ILS_HTTP"
+  local args=(ils_session.mjs)
+  [[ "$MODE" == mock ]] && args+=(--mock)
+  echo "run.sh: ILS session scenario (${args[*]}), ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP"
   set +e
   timeout --kill-after=10 "$((ILS_TEST_TIMEOUT_S + 60))" "${UNSHARE[@]}" bash -c '
     set -e
     ip link set lo up
-    node ils_session.mjs
-  ' 2>&1 | tee "$ART/ils-session.log"
+    node "$@"
+  ' bash "${args[@]}" 2>&1 | tee "$ART/ils-session.log"
   src=${PIPESTATUS[0]}
   set -e
   if ! tail -n 1 "$ART/ils-session.log" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ failed$'; then
@@ -76,7 +79,7 @@ run_session() {
   fi
   return "$src"
 }
-if [[ "${ILS_SESSION_ONLY:-0}" == 1 && "$MODE" == control ]]; then
+if [[ "${ILS_SESSION_ONLY:-0}" == 1 ]]; then
   export ILS_TEST_TIMEOUT_S="${ILS_TEST_TIMEOUT_S:-240}"
   rm -f "$ART"/ils-*
   run_session && exit 0 || exit 1
@@ -97,7 +100,7 @@ if ! tail -n 1 "$ART/run.log" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ fail
   echo "browser: 0 passed, 1 failed"
   exit 1
 fi
-if [[ "${ILS_SESSION_TEST:-0}" == 1 && "$MODE" == control ]]; then
+if [[ "${ILS_SESSION_TEST:-0}" == 1 ]]; then
   srun=0
   run_session || srun=$?
   if [[ "$srun" != 0 && "$rc" == 0 ]]; then rc=$srun; fi
