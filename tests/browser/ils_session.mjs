@@ -35,6 +35,7 @@
 //   CHROMIUM            browser binary, default /usr/bin/chromium
 //   ILS_ARTIFACTS       where screenshots, stats and logs go, default tests/browser/artifacts
 //   ILS_TEST_TIMEOUT_S  whole-test deadline, default 240
+//   ILS_FORCE_FRONT     1: use the front server even when control serves the pages (tests the forwarding)
 //
 // Exit 0 when every check passed, 1 otherwise; the last line is "browser ils session: N passed, M failed".
 
@@ -653,7 +654,7 @@ async function main() {
   try {
     await control.start();
     const served = await fetch(`${BASE}/viewer.html`).then((r) => r.status).catch(() => 0);
-    if (served === 200) {
+    if (served === 200 && !process.env.ILS_FORCE_FRONT) {
       log("ils-control serves the app pages itself");
     } else {
       front = await startFront();
