@@ -130,7 +130,7 @@ function iceGathered(pc, ms) {
     function done() {
       clearTimeout(timer);
       pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
+      resolve(undefined);
     }
     function check() {
       if (pc.iceGatheringState === "complete") done();
