@@ -353,12 +353,14 @@ class MockIls {
         hands: role === "producer" ? all.filter((x) => x.hand).map((x) => this.info(x)) : [],
         layout: this.layout, limits: { reaction_window_ms: 500, max_video_slots: 25, max_audio_slots: 8 } } });
     this.announce(p, null);
+    this.audience();
     return p;
   }
   leave(p) {
     this.ps.delete(p.id);
     for (const q of this.ps.values()) if (this.sees(q, p.place)) q.ws.send({ type: "participant_left", id: p.id });
     this.media.evaluate((id) => window.sfu.close(id), p.id).catch(() => {});
+    this.audience();
     this.remap();
   }
   /** participant / participant_left to everyone whose view of `p` changed. */
@@ -387,8 +389,11 @@ class MockIls {
       else if (was && !is) p.ws.send({ type: "participant_left", id: q.id });
     }
     this.announce(p, from);
+    this.audience();
     this.remap();
   }
+  /** audience_count to everyone (not coalesced: the mock has few participants). */
+  audience() { this.everyone({ type: "audience_count", count: [...this.ps.values()].filter((x) => x.place === "audience").length }); }
   toProducers(msg, except) { for (const q of this.ps.values()) if (q.role === "producer" && q !== except) q.ws.send(msg); }
   everyone(msg) { for (const q of this.ps.values()) q.ws.send(msg); }
   /** Re-maps every subscriber's slots (stable: a participant keeps its slot while visible). */
@@ -655,7 +660,7 @@ async function main() {
     await control.start();
     const served = await fetch(`${BASE}/viewer.html`).then((r) => r.status).catch(() => 0);
     if (served === 200 && !process.env.ILS_FORCE_FRONT) {
-      log("ils-control serves the app pages itself");
+      log(`${MOCK ? "the mock server" : "ils-control"} serves the app pages itself`);
     } else {
       front = await startFront();
       WEB = `http://${WEB_HTTP}`;
@@ -697,6 +702,8 @@ async function run(browser) {
   check("host's publish offer has 3 simulcast layers (rid q/h/f)", /a=simulcast:send q;h;f/.test(pubOffer));
   check("host joins into the green room", (await placeOf(host.page)) === "green_room", `place ${await placeOf(host.page)}`);
   check("viewers join into the audience", (await Promise.all(viewers.map((v) => placeOf(v.page)))).every((p) => p === "audience"));
+  const count = await until(() => producer.page.evaluate(() => window.ilsPage.client.audienceCount === 3), 5_000);
+  check("producer console shows the audience count (3)", count, `count ${await producer.page.evaluate(() => window.ilsPage.client.audienceCount)}`);
   const seesHost = await until(() => producer.page.evaluate((id) => window.ilsPage.client.inPlace("green_room").some((p) => String(p.id) === id), hostId), 10_000);
   need("producer console lists the host in the green room", seesHost);
   const prodHost = await until(async () => { const f = await framesOf(producer.page, hostId); return f.frames >= MIN_FRAMES ? f : null; }, FIRST_MEDIA_TIMEOUT_MS, 500);
