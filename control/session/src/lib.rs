@@ -12,3 +12,6 @@ pub mod session;
 
 pub use proto::*;
 pub use session::*;
+
+#[cfg(test)]
+mod tests;
