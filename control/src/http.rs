@@ -99,6 +99,8 @@ pub struct App {
     pub stats: Mutex<HashMap<u32, TransportSnapshot>>,
     /// Counters.
     pub counters: ControlCounters,
+    /// ILS sessions (`/ws`, admin API).
+    pub ils: crate::ws::Hub,
 }
 
 fn now_unix() -> u64 {
@@ -298,6 +300,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/rooms/{room}", get(api_room))
         .route("/api/dev/token", get(dev_token))
         .route("/metrics", get(metrics))
+        .route("/ws", get(crate::ws::ws_handler))
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors)
         .with_state(app)
@@ -369,6 +372,16 @@ fn check_sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, Response>
     String::from_utf8(body.to_vec()).map_err(|_| text(StatusCode::BAD_REQUEST, "SDP is not UTF-8"))
 }
 
+/// Whether `room` is a usable room/session name: 1-64 characters of A-Z a-z 0-9 - _ .
+pub fn valid_room_name(room: &str) -> bool {
+    valid_room(room)
+}
+
+/// Seconds since the Unix epoch (token checks).
+pub fn now_unix_secs() -> u64 {
+    now_unix()
+}
+
 fn valid_room(room: &str) -> bool {
     !room.is_empty()
         && room.len() <= 64
@@ -424,19 +437,12 @@ async fn offer(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let created = match create_media_session(
-        &app,
-        &room,
-        kind,
-        claims.identity.clone(),
-        &offer,
-        false,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(r) => return text(status(r.status), r.reason),
-    };
+    let created =
+        match create_media_session(&app, &room, kind, claims.identity.clone(), &offer, false).await
+        {
+            Ok(c) => c,
+            Err(r) => return text(status(r.status), r.reason),
+        };
     let (alloc, neg) = (created.alloc, created.neg);
     let (path, counter) = match kind {
         SessionKind::Publisher => ("whip", &app.counters.whip_created),
@@ -906,6 +912,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let age = app.link.heartbeat_age().map_or(-1.0, |d| d.as_secs_f64());
     let _ = writeln!(out, "# TYPE ils_engine_heartbeat_age_seconds gauge");
     let _ = writeln!(out, "ils_engine_heartbeat_age_seconds {age}");
+    app.ils.counters.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -16,3 +16,4 @@ pub mod engine_link;
 pub mod http;
 pub mod room;
 pub mod sdp;
+pub mod ws;

@@ -169,6 +169,7 @@ async fn serve_async(settings: Settings) -> anyhow::Result<()> {
         dtls_inbound: Default::default(),
         stats: Default::default(),
         counters: Default::default(),
+        ils: Default::default(),
     });
     app.apply(cleanup);
     {

@@ -1,0 +1,1349 @@
+//! `GET /ws`: the interactive live streaming (ILS, issue 5) transport. One WebSocket per
+//! participant carries the protocol of `docs/protocol.md` (types in `ils_session::proto`); the
+//! sans-IO `ils_session::Session` decides who may do what and who hears about it; this module
+//! does the I/O around it:
+//!
+//! * **Sockets**: one task per socket, `hello` within [`HELLO_TIMEOUT`], frames capped at
+//!   [`WS_MAX_MESSAGE_BYTES`], pings every [`PING_INTERVAL`], closed after [`IDLE_TIMEOUT`]
+//!   of silence, sends bounded by [`SEND_TIMEOUT`]. Every refusal is a typed `error`; every close
+//!   carries a reason.
+//! * **Fan-out**: every `Out { to, msg }` of the session is serialized **once**; messages to one
+//!   participant go to that socket's bounded queue ([`DIRECT_QUEUE`]), everything else to the
+//!   session's bounded broadcast channel ([`BROADCAST_CAPACITY`]) whose receivers keep what
+//!   `To::matches` their (id, role, place). A socket that falls behind skips ahead and is told
+//!   `error{code:"lagged"}`; after [`MAX_LAGS`] it is closed with that reason.
+//! * **Media**: `publish` / `subscribe` create room sessions through the WHIP/WHEP path
+//!   ([`crate::http::create_media_session`], marked ILS); the media plan (who is seen where)
+//!   becomes slot pins ([`crate::room::Rooms::set_slot`]) and a `slots` message per subscriber
+//!   (serialized once per distinct mapping). Green-room publishers are never forwarded to WHEP
+//!   viewers or the audience ([`crate::room::Rooms::set_public`]).
+//! * **Time**: the session clock is milliseconds since the session was created; `tick` runs
+//!   every [`TICK_INTERVAL`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use ils_session::{
+    ClientMsg, Effect, ErrorCode, Grants, MediaKind, Out, Outcome, Pid, Place, Role, ServerMsg,
+    Session, SessionConfig, SlotDesc, SlotMapping, SlotSize, To,
+};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::auth;
+use crate::http::{create_media_session, App};
+use crate::room::{RoomError, SessionKind};
+
+/// Time allowed between the upgrade and the `hello`. Default 5 s. Bounds how long an idle,
+/// unauthenticated socket holds a task and a file descriptor.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A socket that sends nothing (not even a pong) for this long is closed (`idle`). Default 60 s:
+/// three missed pings.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server pings every socket this often. Default 20 s.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// One WebSocket write may take at most this long; a client that does not read is closed.
+/// Default 10 s.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WebSocket message/frame accepted by the socket layer, in bytes. Default twice
+/// `ils_session::MAX_MESSAGE_BYTES` (128 KiB): frames between the two limits get a typed
+/// `too_large` error; larger ones close the socket (1009, message too big). Bounds per-socket
+/// read memory.
+pub const WS_MAX_MESSAGE_BYTES: usize = 2 * ils_session::MAX_MESSAGE_BYTES;
+/// Events buffered per session broadcast channel. Default 1024. A socket more than this many
+/// events behind skips ahead (`lagged`). Memory: 1024 shared frames per session (frames are
+/// serialized once and shared by every receiver).
+pub const BROADCAST_CAPACITY: usize = 1024;
+/// Frames queued for one participant (replies, `slots`, `invited`, ...). Default 256. When full
+/// the socket is closed (`too slow`); counted in `ils_ws_closed_total{reason="slow"}`.
+pub const DIRECT_QUEUE: usize = 256;
+/// `lagged` notices a socket gets before it is closed (it keeps missing events). Default 3.
+pub const MAX_LAGS: u32 = 3;
+/// How often the session's `tick` runs (reaction windows, coalesced counts). Default 100 ms.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// ILS sessions per process. Default 1000 (each holds a broadcast channel and its state);
+/// more are refused with `session_full` (HTTP 503).
+pub const MAX_ILS_SESSIONS: usize = 1000;
+/// WebSockets open per process. Default 200 000 (a little more than one 100 000-viewer session
+/// with its reconnects); more are refused with `session_full` before `hello` is read.
+pub const MAX_SOCKETS: i64 = 200_000;
+
+/// Counters exported at `/metrics` (`ils_ws_*`).
+pub struct WsCounters {
+    /// Sockets open now.
+    pub sockets_open: AtomicI64,
+    /// Client messages received, by type (index in `ClientMsg::TYPE_NAMES`).
+    pub msgs_in: [AtomicU64; ClientMsg::TYPE_NAMES.len()],
+    /// Server frames written to sockets, by type (index in `ServerMsg::TYPE_NAMES`).
+    pub msgs_out: [AtomicU64; ServerMsg::TYPE_NAMES.len()],
+    /// Frames serialized (once per event, however many sockets receive it).
+    pub serialized: AtomicU64,
+    /// Refusals sent, by error code (index `ErrorCode::index`).
+    pub refused: [AtomicU64; ErrorCode::ALL.len()],
+    /// Times a socket fell behind the broadcast channel.
+    pub lagged: AtomicU64,
+    /// Sockets closed because their direct queue was full or a write timed out.
+    pub closed_slow: AtomicU64,
+    /// Sockets closed for silence.
+    pub closed_idle: AtomicU64,
+    /// Engine slot re-mappings (legs added/removed/re-layered) done for media plans.
+    pub slot_cmds: AtomicU64,
+}
+
+impl Default for WsCounters {
+    fn default() -> Self {
+        WsCounters {
+            sockets_open: AtomicI64::new(0),
+            msgs_in: std::array::from_fn(|_| AtomicU64::new(0)),
+            msgs_out: std::array::from_fn(|_| AtomicU64::new(0)),
+            serialized: AtomicU64::new(0),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            lagged: AtomicU64::new(0),
+            closed_slow: AtomicU64::new(0),
+            closed_idle: AtomicU64::new(0),
+            slot_cmds: AtomicU64::new(0),
+        }
+    }
+}
+
+fn type_index(names: &[&str], t: &str) -> Option<usize> {
+    names.iter().position(|n| *n == t)
+}
+
+impl WsCounters {
+    fn count_out(&self, t: &str) {
+        if let Some(i) = type_index(&ServerMsg::TYPE_NAMES, t) {
+            self.msgs_out[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_in(&self, t: &str) {
+        if let Some(i) = type_index(&ClientMsg::TYPE_NAMES, t) {
+            self.msgs_in[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_refused(&self, c: ErrorCode) {
+        if let Some(x) = self.refused.get(c.index()) {
+            x.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text for these counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP ils_ws_sockets_open WebSockets open on /ws.");
+        let _ = writeln!(out, "# TYPE ils_ws_sockets_open gauge");
+        let _ = writeln!(
+            out,
+            "ils_ws_sockets_open {}",
+            self.sockets_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE ils_ws_messages_in_total counter");
+        for (i, n) in ClientMsg::TYPE_NAMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ils_ws_messages_in_total{{type=\"{n}\"}} {}",
+                self.msgs_in[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE ils_ws_messages_out_total counter");
+        for (i, n) in ServerMsg::TYPE_NAMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ils_ws_messages_out_total{{type=\"{n}\"}} {}",
+                self.msgs_out[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE ils_ws_refused_total counter");
+        for c in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "ils_ws_refused_total{{reason=\"{}\"}} {}",
+                c.as_str(),
+                self.refused[c.index()].load(Ordering::Relaxed)
+            );
+        }
+        let pairs: [(&str, &AtomicU64); 5] = [
+            ("ils_ws_frames_serialized_total", &self.serialized),
+            ("ils_ws_lagged_total", &self.lagged),
+            ("ils_ws_closed_slow_total", &self.closed_slow),
+            ("ils_ws_closed_idle_total", &self.closed_idle),
+            ("ils_ws_slot_commands_total", &self.slot_cmds),
+        ];
+        for (n, v) in pairs {
+            let _ = writeln!(out, "# TYPE {n} counter");
+            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// One publishing participant a subscriber may be shown, in display order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feed {
+    /// Participant.
+    pub pid: Pid,
+    /// Its publisher room session (`crate::room::Session::id`).
+    pub session: String,
+    /// It sends audio that is not muted by a producer.
+    pub audio: bool,
+    /// It sends video that is not muted by a producer.
+    pub video: bool,
+    /// Its video simulcast RIDs, low → high (empty: one layer).
+    pub rids: Vec<String>,
+}
+
+/// What one subscriber's slots should carry, aligned with its slots: the engine feed per slot
+/// and the `slots` message content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotPlan {
+    /// Per slot: `Some((publisher session, layer))` or `None` for an empty slot.
+    pub feeds: Vec<Option<(String, u8)>>,
+    /// The `slots` message content, one entry per slot.
+    pub mapping: Vec<SlotMapping>,
+}
+
+/// The simulcast layer for a requested slot size (thumbnail low, medium mid, full high).
+pub fn size_layer(size: SlotSize) -> u8 {
+    match size {
+        SlotSize::Thumbnail => 0,
+        SlotSize::Medium => 1,
+        SlotSize::Full => 2,
+    }
+}
+
+/// The size of a video slot nobody asked a size for: full for one video, medium up to four,
+/// thumbnails beyond.
+pub fn default_size(videos: usize) -> SlotSize {
+    match videos {
+        0 | 1 => SlotSize::Full,
+        2..=4 => SlotSize::Medium,
+        _ => SlotSize::Thumbnail,
+    }
+}
+
+/// Map `feeds` (already filtered to what this subscriber may see, in display order) into the
+/// subscriber's fixed `slots`: the i-th video slot shows the i-th feed with video, the i-th
+/// audio slot the i-th feed with audio; extra slots stay empty, extra feeds are not shown.
+/// Sans-IO and deterministic.
+pub fn plan_slots(feeds: &[Feed], slots: &[SlotDesc], sizes: &HashMap<u32, SlotSize>) -> SlotPlan {
+    let videos: Vec<&Feed> = feeds.iter().filter(|f| f.video).collect();
+    let audios: Vec<&Feed> = feeds.iter().filter(|f| f.audio).collect();
+    let dflt = default_size(
+        videos
+            .len()
+            .min(slots.iter().filter(|s| s.kind == MediaKind::Video).count()),
+    );
+    let (mut vi, mut ai) = (0usize, 0usize);
+    let mut plan = SlotPlan {
+        feeds: Vec::with_capacity(slots.len()),
+        mapping: Vec::with_capacity(slots.len()),
+    };
+    for s in slots {
+        let (feed, layer) = match s.kind {
+            MediaKind::Video => {
+                let f = videos.get(vi).copied();
+                vi += 1;
+                let want = size_layer(sizes.get(&s.slot).copied().unwrap_or(dflt));
+                (f, want)
+            }
+            MediaKind::Audio => {
+                let f = audios.get(ai).copied();
+                ai += 1;
+                (f, 0)
+            }
+        };
+        plan.feeds.push(feed.map(|f| (f.session.clone(), layer)));
+        plan.mapping.push(SlotMapping {
+            slot: s.slot,
+            participant: feed.map(|f| f.pid),
+            kind: s.kind,
+            layer: match (s.kind, feed) {
+                (MediaKind::Video, Some(f)) if !f.rids.is_empty() => f
+                    .rids
+                    .get(usize::from(layer).min(f.rids.len() - 1))
+                    .cloned(),
+                _ => None,
+            },
+        });
+    }
+    plan
+}
+
+/// How long an ended session stays known (joins get `ended`) before its name can be reused by
+/// an automatic session. Default 60 s.
+pub const ENDED_KEEP: Duration = Duration::from_secs(60);
+/// How long a session created by a `hello` (not by the admin API) survives with nobody in it.
+/// Default 30 s.
+pub const EMPTY_KEEP: Duration = Duration::from_secs(30);
+
+/// A frame serialized once and shared by every socket that receives it.
+#[derive(Debug)]
+pub struct Frame {
+    /// Recipients.
+    pub to: To,
+    /// The JSON text (reference-counted: each socket write shares these bytes).
+    pub json: Utf8Bytes,
+    /// The message type (metrics).
+    pub kind: &'static str,
+    /// `removed` / `ended`: the socket closes after writing it, with this reason.
+    pub closes: Option<String>,
+}
+
+/// What a socket's direct queue carries.
+#[derive(Debug)]
+enum Direct {
+    /// A frame for this participant only.
+    Frame(Arc<Frame>),
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// One connected participant's delivery handle.
+struct Handle {
+    tx: mpsc::Sender<Direct>,
+    /// Current place as `Place::ALL` index, updated from `moved` / `participant` events.
+    place: Arc<AtomicU8>,
+}
+
+/// A participant's PeerConnections (room session ids).
+#[derive(Debug, Default)]
+struct PMedia {
+    identity: String,
+    publisher: Option<String>,
+    subscriber: Option<Sub>,
+}
+
+/// A receiving PeerConnection and its fixed slots.
+#[derive(Debug)]
+struct Sub {
+    id: String,
+    slots: Vec<SlotDesc>,
+    sizes: HashMap<u32, SlotSize>,
+    last: Option<Utf8Bytes>,
+}
+
+/// The session core and the media of its participants.
+struct Core {
+    session: Session,
+    media: HashMap<Pid, PMedia>,
+}
+
+/// One ILS session (named like its room): core, media and fan-out channels.
+pub struct IlsRoom {
+    /// Room name (the token's `room`; WHIP/WHEP sessions of the same room see its stage).
+    pub name: String,
+    core: tokio::sync::Mutex<Core>,
+    tx: broadcast::Sender<Arc<Frame>>,
+    handles: Mutex<HashMap<Pid, Handle>>,
+    epoch: Instant,
+    /// Created by the admin API: kept while empty (until DELETE).
+    pub explicit: bool,
+}
+
+fn place_index(p: Place) -> u8 {
+    Place::ALL.iter().position(|x| *x == p).unwrap_or(0) as u8
+}
+
+fn place_from(i: u8) -> Place {
+    Place::ALL
+        .get(usize::from(i))
+        .copied()
+        .unwrap_or(Place::Audience)
+}
+
+impl IlsRoom {
+    fn new(name: &str, explicit: bool) -> IlsRoom {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        IlsRoom {
+            name: name.to_string(),
+            core: tokio::sync::Mutex::new(Core {
+                session: Session::new(SessionConfig::default()),
+                media: HashMap::new(),
+            }),
+            tx,
+            handles: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            explicit,
+        }
+    }
+
+    /// Session time: milliseconds since the session was created.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Serialize each message once and hand it to its recipients: one participant's queue, or
+    /// the broadcast channel. Keeps sockets' places current from `moved`/`participant`.
+    fn deliver(&self, counters: &WsCounters, out: Vec<Out>) {
+        for o in out {
+            let place_of = match &o.msg {
+                ServerMsg::Moved { participant, to } => Some((*participant, *to)),
+                ServerMsg::Participant(p) => Some((p.id, p.place)),
+                _ => None,
+            };
+            if let Some((pid, place)) = place_of {
+                if let Ok(h) = self.handles.lock() {
+                    if let Some(h) = h.get(&pid) {
+                        h.place.store(place_index(place), Ordering::Relaxed);
+                    }
+                }
+            }
+            let closes = match &o.msg {
+                ServerMsg::Removed { reason } => Some(format!("removed: {reason}")),
+                ServerMsg::Ended { reason } => Some(format!("session ended: {reason}")),
+                _ => None,
+            };
+            counters.serialized.fetch_add(1, Ordering::Relaxed);
+            let f = Arc::new(Frame {
+                to: o.to,
+                json: Utf8Bytes::from(o.msg.to_json()),
+                kind: o.msg.type_name(),
+                closes,
+            });
+            match o.to {
+                To::Participant(pid) => self.direct(counters, pid, Direct::Frame(f)),
+                _ => {
+                    // No receiver is not an error: nobody is connected.
+                    let _ = self.tx.send(f);
+                }
+            }
+        }
+    }
+
+    /// Queue for one participant; a full queue closes that socket (it reads too slowly).
+    fn direct(&self, counters: &WsCounters, pid: Pid, d: Direct) {
+        let Ok(mut h) = self.handles.lock() else {
+            return;
+        };
+        let full = match h.get(&pid) {
+            Some(x) => x.tx.try_send(d).is_err(),
+            None => false,
+        };
+        if full {
+            // Dropping the sender ends the socket's queue: it closes with "send queue full".
+            h.remove(&pid);
+            counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn send_msg(&self, counters: &WsCounters, pid: Pid, msg: ServerMsg) {
+        self.deliver(
+            counters,
+            vec![Out {
+                to: To::Participant(pid),
+                msg,
+            }],
+        );
+    }
+}
+
+/// Every ILS session of this process.
+#[derive(Default)]
+pub struct Hub {
+    rooms: Mutex<HashMap<String, Arc<IlsRoom>>>,
+    /// Counters for `/metrics`.
+    pub counters: WsCounters,
+}
+
+/// Why a session could not be created or found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// [`MAX_ILS_SESSIONS`] reached.
+    #[error("too many ILS sessions on this server ({MAX_ILS_SESSIONS}); try again later")]
+    Full,
+    /// A live session of that name exists.
+    #[error("a session with this name is running; DELETE it first")]
+    Exists,
+    /// No session of that name.
+    #[error("no such session")]
+    NotFound,
+}
+
+impl Hub {
+    /// The session named `room`, if any.
+    pub fn get(&self, room: &str) -> Option<Arc<IlsRoom>> {
+        self.rooms.lock().ok()?.get(room).cloned()
+    }
+
+    /// Names of the sessions.
+    pub fn names(&self) -> Vec<String> {
+        self.rooms
+            .lock()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The session `room`, created (automatic: dropped when empty) if absent.
+    pub fn get_or_create(app: &Arc<App>, room: &str) -> Result<Arc<IlsRoom>, HubError> {
+        Self::create_inner(app, room, false, true)
+    }
+
+    /// Create the session `room` for the admin API (kept while empty). An ended session of
+    /// that name is replaced; a running one is [`HubError::Exists`].
+    pub async fn create(app: &Arc<App>, room: &str) -> Result<Arc<IlsRoom>, HubError> {
+        if let Some(r) = app.ils.get(room) {
+            if !r.core.lock().await.session.is_ended() {
+                return Err(HubError::Exists);
+            }
+            app.ils.remove(room, &r);
+        }
+        Self::create_inner(app, room, true, false)
+    }
+
+    fn create_inner(
+        app: &Arc<App>,
+        room: &str,
+        explicit: bool,
+        reuse: bool,
+    ) -> Result<Arc<IlsRoom>, HubError> {
+        let mut rooms = app.ils.rooms.lock().map_err(|_| HubError::Full)?;
+        if let Some(r) = rooms.get(room) {
+            if reuse {
+                return Ok(Arc::clone(r));
+            }
+            return Err(HubError::Exists);
+        }
+        if rooms.len() >= MAX_ILS_SESSIONS {
+            return Err(HubError::Full);
+        }
+        let r = Arc::new(IlsRoom::new(room, explicit));
+        rooms.insert(room.to_string(), Arc::clone(&r));
+        drop(rooms);
+        tokio::spawn(run_ticks(Arc::clone(app), Arc::downgrade(&r)));
+        Ok(r)
+    }
+
+    fn remove(&self, room: &str, r: &Arc<IlsRoom>) {
+        if let Ok(mut rooms) = self.rooms.lock() {
+            if rooms.get(room).is_some_and(|x| Arc::ptr_eq(x, r)) {
+                rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// The session's timer: `tick` every [`TICK_INTERVAL`]; drops the session when it has ended
+/// ([`ENDED_KEEP`]) or an automatic one stayed empty ([`EMPTY_KEEP`]).
+async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
+    let mut every = tokio::time::interval(TICK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        every.tick().await;
+        let Some(r) = room.upgrade() else { return };
+        let mut core = r.core.lock().await;
+        let o = core.session.tick(r.now_ms());
+        let gone = if core.session.is_ended() {
+            idle_since.get_or_insert_with(Instant::now).elapsed() > ENDED_KEEP
+        } else if core.session.is_empty() && !r.explicit {
+            idle_since.get_or_insert_with(Instant::now).elapsed() > EMPTY_KEEP
+        } else {
+            idle_since = None;
+            false
+        };
+        r.deliver(&app.ils.counters, o.out);
+        drop(core);
+        if gone {
+            app.ils.remove(&r.name, &r);
+            return;
+        }
+    }
+}
+
+fn to_session_role(r: auth::Role) -> Role {
+    match r {
+        auth::Role::Host => Role::Host,
+        auth::Role::Producer => Role::Producer,
+        auth::Role::Viewer => Role::Viewer,
+    }
+}
+
+fn to_session_grants(c: &auth::Claims) -> Grants {
+    let g = c.effective_grants();
+    Grants {
+        publish: g.contains(&auth::Grant::Publish),
+        subscribe: g.contains(&auth::Grant::Subscribe),
+        chat: g.contains(&auth::Grant::Chat),
+        admin: g.contains(&auth::Grant::Admin),
+    }
+}
+
+/// Run one outcome: deliver its messages, then its effects (media, plan, disconnects).
+pub async fn run_outcome(app: &Arc<App>, room: &Arc<IlsRoom>, o: Outcome) {
+    room.deliver(&app.ils.counters, o.out);
+    run_effects(app, room, o.effects).await;
+}
+
+async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) {
+    let mut plan = false;
+    for e in effects {
+        match e {
+            Effect::Publish { pid, sdp, rid } => {
+                if publish(app, room, pid, &sdp, rid).await {
+                    plan = true;
+                }
+            }
+            Effect::Subscribe { pid, sdp, rid, .. } => {
+                if subscribe(app, room, pid, &sdp, rid).await {
+                    plan = true;
+                }
+            }
+            Effect::SlotSize {
+                pid,
+                slot,
+                size,
+                rid,
+            } => {
+                let mut core = room.core.lock().await;
+                let found = core
+                    .media
+                    .get_mut(&pid)
+                    .and_then(|m| m.subscriber.as_mut())
+                    .filter(|s| {
+                        s.slots
+                            .iter()
+                            .any(|d| d.slot == slot && d.kind == MediaKind::Video)
+                    })
+                    .map(|s| s.sizes.insert(slot, size))
+                    .is_some();
+                drop(core);
+                let c = &app.ils.counters;
+                if found {
+                    if let Some(rid) = rid {
+                        room.send_msg(c, pid, ServerMsg::Ack { rid });
+                    }
+                    plan = true;
+                } else {
+                    c.count_refused(ErrorCode::NotFound);
+                    room.send_msg(
+                        c,
+                        pid,
+                        ServerMsg::error(
+                            ErrorCode::NotFound,
+                            format!("no video slot {slot} on your receiving connection: subscribe first, slots are numbered per kind from 0"),
+                            rid,
+                        ),
+                    );
+                }
+            }
+            Effect::MediaPlanChanged => plan = true,
+            Effect::Disconnect { pid, reason } => {
+                let media = room.core.lock().await.media.remove(&pid);
+                drop_media(app, media).await;
+                let code = if reason == "left" { 1000 } else { 1008 };
+                room.direct(&app.ils.counters, pid, Direct::Close(code, reason));
+                if let Ok(mut h) = room.handles.lock() {
+                    h.remove(&pid);
+                }
+                plan = true;
+            }
+            Effect::Ended { .. } => {
+                let all: Vec<PMedia> = room
+                    .core
+                    .lock()
+                    .await
+                    .media
+                    .drain()
+                    .map(|(_, m)| m)
+                    .collect();
+                for m in all {
+                    drop_media(app, Some(m)).await;
+                }
+                plan = false;
+            }
+        }
+    }
+    if plan {
+        apply_plan(app, room).await;
+    }
+}
+
+/// Remove a participant's PeerConnections from the rooms (engine legs, tracks, transports).
+async fn drop_media(app: &Arc<App>, m: Option<PMedia>) {
+    let Some(m) = m else { return };
+    let ids: Vec<String> = m
+        .publisher
+        .into_iter()
+        .chain(m.subscriber.map(|s| s.id))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let mut rooms = app.rooms.lock().await;
+    for id in ids {
+        if let Ok(cmds) = rooms.remove_session(&id) {
+            app.apply(cmds);
+        }
+    }
+    app.persist(&rooms);
+}
+
+fn media_error(status: u16) -> ErrorCode {
+    match status {
+        400 | 415 | 422 => ErrorCode::BadMessage,
+        409 | 503 => ErrorCode::LimitReached,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// `publish` effect: negotiate, record, answer. Returns whether the media plan changed.
+async fn publish(
+    app: &Arc<App>,
+    room: &Arc<IlsRoom>,
+    pid: Pid,
+    sdp: &str,
+    rid: Option<String>,
+) -> bool {
+    let c = &app.ils.counters;
+    let Some(identity) = room
+        .core
+        .lock()
+        .await
+        .media
+        .get(&pid)
+        .map(|m| m.identity.clone())
+    else {
+        return false;
+    };
+    let created = create_media_session(
+        app,
+        &room.name,
+        SessionKind::Publisher,
+        Some(identity),
+        sdp,
+        true,
+    )
+    .await;
+    let created = match created {
+        Ok(x) => x,
+        Err(e) => {
+            let code = media_error(e.status);
+            c.count_refused(code);
+            room.send_msg(c, pid, ServerMsg::error(code, e.reason, rid));
+            return false;
+        }
+    };
+    let id = created.alloc.id.clone();
+    let mut core = room.core.lock().await;
+    let old = match core.media.get_mut(&pid) {
+        Some(m) => m.publisher.replace(id.clone()),
+        None => Some(id.clone()), // left meanwhile: undo
+    };
+    let o = core.session.set_publishing(room.now_ms(), pid, true);
+    room.send_msg(
+        c,
+        pid,
+        ServerMsg::Answer {
+            sdp: created.neg.answer,
+            slots: Vec::new(),
+            rid,
+        },
+    );
+    room.deliver(c, o.out);
+    drop(core);
+    if let Some(old) = old {
+        drop_media(
+            app,
+            Some(PMedia {
+                publisher: Some(old),
+                ..PMedia::default()
+            }),
+        )
+        .await;
+    }
+    true
+}
+
+/// `subscribe` effect: negotiate, number the slots per kind in m-line order, answer.
+async fn subscribe(
+    app: &Arc<App>,
+    room: &Arc<IlsRoom>,
+    pid: Pid,
+    sdp: &str,
+    rid: Option<String>,
+) -> bool {
+    let c = &app.ils.counters;
+    let Some(identity) = room
+        .core
+        .lock()
+        .await
+        .media
+        .get(&pid)
+        .map(|m| m.identity.clone())
+    else {
+        return false;
+    };
+    let created = create_media_session(
+        app,
+        &room.name,
+        SessionKind::Viewer,
+        Some(identity),
+        sdp,
+        true,
+    )
+    .await;
+    let created = match created {
+        Ok(x) => x,
+        Err(e) => {
+            let code = media_error(e.status);
+            c.count_refused(code);
+            room.send_msg(c, pid, ServerMsg::error(code, e.reason, rid));
+            return false;
+        }
+    };
+    let (mut nv, mut na) = (0u32, 0u32);
+    let slots: Vec<SlotDesc> = created
+        .neg
+        .media
+        .iter()
+        .map(|m| {
+            let (kind, n) = if m.kind == crate::sdp::Kind::Video {
+                (MediaKind::Video, &mut nv)
+            } else {
+                (MediaKind::Audio, &mut na)
+            };
+            let d = SlotDesc {
+                slot: *n,
+                kind,
+                mid: m.mid.clone(),
+            };
+            *n += 1;
+            d
+        })
+        .collect();
+    let id = created.alloc.id.clone();
+    let mut core = room.core.lock().await;
+    let sub = Sub {
+        id: id.clone(),
+        slots: slots.clone(),
+        sizes: HashMap::new(),
+        last: None,
+    };
+    let old = match core.media.get_mut(&pid) {
+        Some(m) => m.subscriber.replace(sub).map(|s| s.id),
+        None => Some(id),
+    };
+    room.send_msg(
+        c,
+        pid,
+        ServerMsg::Answer {
+            sdp: created.neg.answer,
+            slots,
+            rid,
+        },
+    );
+    drop(core);
+    if let Some(old) = old {
+        drop_media(
+            app,
+            Some(PMedia {
+                publisher: Some(old),
+                ..PMedia::default()
+            }),
+        )
+        .await;
+    }
+    true
+}
+
+/// Recompute forwarding from the session's media plan: publishers that may no longer publish
+/// are closed; stage publishers are public (WHEP viewers see them), the rest private; every
+/// subscriber's slots are pinned to what its place sees and told with `slots` when its mapping
+/// changed (one serialization per distinct mapping).
+pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>) {
+    let c = &app.ils.counters;
+    let mut core = room.core.lock().await;
+    let now = room.now_ms();
+    // 1. publishers that lost the right to publish
+    let mut plan = core.session.media_plan();
+    let revoked: Vec<Pid> = core
+        .media
+        .iter()
+        .filter(|(pid, m)| {
+            m.publisher.is_some() && !plan.source(**pid).is_some_and(|s| s.may_publish)
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    let mut dropped = Vec::new();
+    for pid in &revoked {
+        if let Some(id) = core.media.get_mut(pid).and_then(|m| m.publisher.take()) {
+            dropped.push(id);
+        }
+        let o = core.session.set_publishing(now, *pid, false);
+        room.deliver(c, o.out);
+    }
+    if !revoked.is_empty() {
+        plan = core.session.media_plan();
+    }
+    let mut rooms = app.rooms.lock().await;
+    let mut cmds = Vec::new();
+    for id in dropped {
+        cmds.extend(rooms.remove_session(&id).unwrap_or_default());
+    }
+    // 2. feeds per source with a live publishing connection
+    let feed_of = |pid: Pid, core: &Core| -> Option<Feed> {
+        let s = plan.source(pid)?;
+        let id = core.media.get(&pid)?.publisher.clone()?;
+        let rs = rooms.session(&id)?;
+        let has = |video: bool| rs.media.iter().any(|m| m.video == video);
+        Some(Feed {
+            pid,
+            session: id.clone(),
+            audio: has(false) && !s.muted.audio,
+            video: has(true) && !s.muted.video,
+            rids: rs
+                .media
+                .iter()
+                .find(|m| m.video)
+                .map(|m| m.rids.clone())
+                .unwrap_or_default(),
+        })
+    };
+    let mut by_place: HashMap<u8, Vec<Feed>> = HashMap::new();
+    for p in Place::ALL {
+        let feeds: Vec<Feed> = plan
+            .sources_for(p)
+            .filter(|s| s.publishing)
+            .filter_map(|s| feed_of(s.pid, &core))
+            .collect();
+        by_place.insert(place_index(p), feeds);
+    }
+    let publics: Vec<(String, bool)> = core
+        .media
+        .iter()
+        .filter_map(|(pid, m)| {
+            let id = m.publisher.clone()?;
+            let stage = plan
+                .source(*pid)
+                .is_some_and(|s| s.place == Place::Stage && s.may_publish);
+            Some((id, stage))
+        })
+        .collect();
+    for (id, public) in publics {
+        cmds.extend(rooms.set_public(&id, public).unwrap_or_default());
+    }
+    // 3. subscribers
+    // Key: (place, the subscriber itself when it is among the feeds, video slots, audio slots).
+    type Key = (u8, Option<Pid>, u32, u32);
+    let mut cache: HashMap<Key, (SlotPlan, Utf8Bytes)> = HashMap::new();
+    let pids: Vec<Pid> = core.media.keys().copied().collect();
+    for pid in pids {
+        let Some((_, place)) = core.session.role_place(pid) else {
+            continue;
+        };
+        let Some(sub) = core.media.get_mut(&pid).and_then(|m| m.subscriber.as_mut()) else {
+            continue;
+        };
+        let feeds = by_place
+            .get(&place_index(place))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let me_in = feeds.iter().any(|f| f.pid == pid).then_some(pid);
+        let nv = sub
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .count() as u32;
+        let na = sub.slots.len() as u32 - nv;
+        let compute = |sub: &Sub| {
+            let own: Vec<Feed> = feeds
+                .iter()
+                .filter(|f| Some(f.pid) != me_in)
+                .cloned()
+                .collect();
+            let p = plan_slots(&own, &sub.slots, &sub.sizes);
+            c.serialized.fetch_add(1, Ordering::Relaxed);
+            let json = Utf8Bytes::from(
+                ServerMsg::Slots {
+                    mapping: p.mapping.clone(),
+                }
+                .to_json(),
+            );
+            (p, json)
+        };
+        let (p, json) = if sub.sizes.is_empty() {
+            cache
+                .entry((place_index(place), me_in, nv, na))
+                .or_insert_with(|| compute(sub))
+                .clone()
+        } else {
+            compute(sub)
+        };
+        for (d, feed) in sub.slots.iter().zip(p.feeds.iter()) {
+            let pin = feed.as_ref().map(|(s, l)| (s.as_str(), *l));
+            match rooms.set_slot(&sub.id, &d.mid, pin) {
+                Ok(x) => cmds.extend(x),
+                Err(RoomError::UnknownSession) => break,
+                Err(e) => tracing::debug!("slot {} of {}: {e}", d.mid, sub.id),
+            }
+        }
+        if sub.last.as_ref().map(Utf8Bytes::as_str) != Some(json.as_str()) {
+            sub.last = Some(json.clone());
+            let f = Arc::new(Frame {
+                to: To::Participant(pid),
+                json,
+                kind: "slots",
+                closes: None,
+            });
+            room.direct(c, pid, Direct::Frame(f));
+        }
+    }
+    c.slot_cmds.fetch_add(cmds.len() as u64, Ordering::Relaxed);
+    app.apply(cmds);
+    app.persist(&rooms);
+}
+
+/// `GET /ws`: upgrade and run the socket (one task per socket).
+pub async fn ws_handler(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(WS_MAX_MESSAGE_BYTES)
+        .max_frame_size(WS_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            let c = &app.ils.counters;
+            let open = c.sockets_open.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut conn = Conn {
+                socket,
+                counters_app: Arc::clone(&app),
+            };
+            if open > MAX_SOCKETS {
+                conn.refuse(
+                    ErrorCode::SessionFull,
+                    "this server has too many connections; try again later",
+                    None,
+                    1013,
+                )
+                .await;
+            } else {
+                run_socket(&app, &mut conn).await;
+            }
+            app.ils
+                .counters
+                .sockets_open
+                .fetch_sub(1, Ordering::Relaxed);
+        })
+}
+
+/// One socket with the writes that count and time out.
+struct Conn {
+    socket: WebSocket,
+    counters_app: Arc<App>,
+}
+
+/// Close reasons are limited to 123 bytes by RFC 6455; cut on a char boundary.
+fn close_reason(r: &str) -> String {
+    let mut end = r.len().min(123);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    r[..end].to_string()
+}
+
+impl Conn {
+    fn counters(&self) -> &WsCounters {
+        &self.counters_app.ils.counters
+    }
+
+    /// Write one text frame; false if the socket is gone or the write timed out.
+    async fn write(&mut self, kind: &str, text: Utf8Bytes) -> bool {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text))).await {
+            Ok(Ok(())) => {
+                self.counters().count_out(kind);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.counters().closed_slow.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    async fn write_msg(&mut self, msg: &ServerMsg) -> bool {
+        if let ServerMsg::Error { code, .. } = msg {
+            self.counters().count_refused(*code);
+        }
+        self.write(msg.type_name(), Utf8Bytes::from(msg.to_json()))
+            .await
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(close_reason(reason)),
+        };
+        let _ =
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Send a typed error, then close with the same reason.
+    async fn refuse(&mut self, code: ErrorCode, reason: &str, rid: Option<String>, close: u16) {
+        self.write_msg(&ServerMsg::error(code, reason, rid)).await;
+        self.close(close, &format!("{code}: {reason}")).await;
+    }
+}
+
+/// Wait for `hello`, join, then pump frames both ways until either side ends.
+async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, conn.socket.recv()).await {
+        Err(_) => {
+            conn.refuse(
+                ErrorCode::NotJoined,
+                "no hello within 5 s: send {\"type\":\"hello\",\"v\":1,\"token\":...} first",
+                None,
+                1008,
+            )
+            .await;
+            return;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return,
+        Ok(Some(Ok(m))) => m,
+    };
+    let text = match first {
+        Message::Text(t) => t,
+        Message::Close(_) => return,
+        _ => {
+            conn.refuse(
+                ErrorCode::BadMessage,
+                "the first message must be a text frame with hello",
+                None,
+                1003,
+            )
+            .await;
+            return;
+        }
+    };
+    let frame = match ils_session::parse_client(text.as_str()) {
+        Ok(f) => f,
+        Err(e) => {
+            conn.refuse(e.code, &e.reason, e.rid, 1008).await;
+            return;
+        }
+    };
+    let rid = frame.rid.clone();
+    let ClientMsg::Hello { v, token, name } = frame.msg else {
+        conn.refuse(
+            ErrorCode::NotJoined,
+            "the first message must be hello (see docs/protocol.md)",
+            rid,
+            1008,
+        )
+        .await;
+        return;
+    };
+    conn.counters().count_in("hello");
+    if v != ils_session::PROTOCOL_VERSION {
+        let reason = format!(
+            "this server speaks protocol v{}, not v{v}",
+            ils_session::PROTOCOL_VERSION
+        );
+        conn.refuse(ErrorCode::UnsupportedVersion, &reason, rid, 1008)
+            .await;
+        return;
+    }
+    let claims = match auth::verify(&app.secret, &token, crate::http::now_unix_secs()) {
+        Ok(c) => c,
+        Err(e) => {
+            app.counters.refused_401.fetch_add(1, Ordering::Relaxed);
+            conn.refuse(ErrorCode::Unauthorized, &e.to_string(), rid, 1008)
+                .await;
+            return;
+        }
+    };
+    if !crate::http::valid_room_name(&claims.room) {
+        conn.refuse(
+            ErrorCode::Unauthorized,
+            "the token's room is not a valid session name (1-64 characters of A-Z a-z 0-9 - _ .)",
+            rid,
+            1008,
+        )
+        .await;
+        return;
+    }
+    let room = match Hub::get_or_create(app, &claims.room) {
+        Ok(r) => r,
+        Err(e) => {
+            conn.refuse(ErrorCode::SessionFull, &e.to_string(), rid, 1013)
+                .await;
+            return;
+        }
+    };
+    let identity = claims.identity.clone().unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
+        format!(
+            "anon-{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    });
+    let role = to_session_role(claims.role);
+    let name = name.or_else(|| claims.name.clone());
+    let mut brx = room.tx.subscribe();
+    let (dtx, mut drx) = mpsc::channel(DIRECT_QUEUE);
+    let place = Arc::new(AtomicU8::new(0));
+    let mut core = room.core.lock().await;
+    let joined = core.session.join(
+        room.now_ms(),
+        &identity,
+        name.as_deref(),
+        role,
+        to_session_grants(&claims),
+        rid.clone(),
+    );
+    let (pid, outcome) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            drop(core);
+            let m = e.to_server_msg(rid);
+            conn.write_msg(&m).await;
+            conn.close(1008, &format!("{}: {e}", e.code())).await;
+            return;
+        }
+    };
+    if let Some((_, p)) = core.session.role_place(pid) {
+        place.store(place_index(p), Ordering::Relaxed);
+    }
+    if let Ok(mut h) = room.handles.lock() {
+        h.insert(
+            pid,
+            Handle {
+                tx: dtx,
+                place: Arc::clone(&place),
+            },
+        );
+    }
+    core.media.insert(
+        pid,
+        PMedia {
+            identity,
+            ..PMedia::default()
+        },
+    );
+    drop(core);
+    run_outcome(app, &room, outcome).await;
+    tracing::debug!(room = %room.name, %pid, "joined /ws");
+
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let mut lags = 0u32;
+    let reason: (u16, String) = loop {
+        tokio::select! {
+            m = conn.socket.recv() => {
+                let m = match m {
+                    None | Some(Err(_)) => break (0, String::new()),
+                    Some(Ok(m)) => m,
+                };
+                last_heard = Instant::now();
+                match m {
+                    Message::Text(t) => {
+                        match ils_session::parse_client(t.as_str()) {
+                            Err(e) => {
+                                if !conn.write_msg(&e.to_server_msg()).await {
+                                    break (0, String::new());
+                                }
+                            }
+                            Ok(f) => {
+                                let t = f.msg.type_name();
+                                conn.counters().count_in(t);
+                                if t == "hello" {
+                                    let m = ServerMsg::error(
+                                        ErrorCode::Conflict,
+                                        "already joined: hello is only the first message",
+                                        f.rid,
+                                    );
+                                    if !conn.write_msg(&m).await {
+                                        break (0, String::new());
+                                    }
+                                    continue;
+                                }
+                                let mut core = room.core.lock().await;
+                                let o = core.session.handle(room.now_ms(), pid, f);
+                                drop(core);
+                                run_outcome(app, &room, o).await;
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let m = ServerMsg::error(
+                            ErrorCode::BadMessage,
+                            "binary frames are not part of the protocol: send JSON text frames",
+                            None,
+                        );
+                        if !conn.write_msg(&m).await {
+                            break (0, String::new());
+                        }
+                    }
+                    Message::Close(_) => break (0, String::new()),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            f = brx.recv() => match f {
+                Ok(f) => {
+                    if f.to.matches(pid, role, place_from(place.load(Ordering::Relaxed))) {
+                        if !conn.write(f.kind, f.json.clone()).await {
+                            break (0, String::new());
+                        }
+                        if let Some(r) = &f.closes {
+                            break (1000, r.clone());
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    conn.counters().lagged.fetch_add(1, Ordering::Relaxed);
+                    lags += 1;
+                    if lags > MAX_LAGS {
+                        conn.counters().count_refused(ErrorCode::Lagged);
+                        break (1013, format!("lagged: fell behind the session {lags} times; reconnect"));
+                    }
+                    let m = ServerMsg::error(
+                        ErrorCode::Lagged,
+                        format!("missed {n} events (the connection reads too slowly); state may be stale"),
+                        None,
+                    );
+                    if !conn.write_msg(&m).await {
+                        break (0, String::new());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break (1001, "server shutting down".into()),
+            },
+            d = drx.recv() => match d {
+                Some(Direct::Frame(f)) => {
+                    if !conn.write(f.kind, f.json.clone()).await {
+                        break (0, String::new());
+                    }
+                    if let Some(r) = &f.closes {
+                        break (1000, r.clone());
+                    }
+                }
+                Some(Direct::Close(code, r)) => break (code, r),
+                None => break (1013, "send queue full: the connection reads too slowly; reconnect".into()),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    conn.counters().closed_idle.fetch_add(1, Ordering::Relaxed);
+                    break (1001, "idle: nothing received for 60 s (answer pings)".into());
+                }
+                if tokio::time::timeout(SEND_TIMEOUT, conn.socket.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    break (0, String::new());
+                }
+            }
+        }
+    };
+    if reason.0 != 0 {
+        conn.close(reason.0, &reason.1).await;
+    }
+    // Cleanup: the participant leaves (no-op if the session already removed it).
+    if let Ok(mut h) = room.handles.lock() {
+        h.remove(&pid);
+    }
+    let mut core = room.core.lock().await;
+    let o = core.session.leave(room.now_ms(), pid);
+    let media = core.media.remove(&pid);
+    drop(core);
+    drop_media(app, media).await;
+    run_outcome(app, &room, o).await;
+}
