@@ -743,7 +743,9 @@ impl Session {
     }
 
     /// Join `identity` (from the verified token) with `role` and `grants`. `name` (from `hello`)
-    /// defaults to the identity. Hosts start in the green room, producers backstage, viewers in
+    /// defaults to the identity (shortened to [`MAX_NAME_CHARS`]); an explicit name that is too
+    /// long or has control characters is refused. An empty identity (token without one) is an
+    /// anonymous participant: never replaced by another join, named `guest-<id>`. Hosts start in the green room, producers backstage, viewers in
     /// the audience. A participant with the same identity is replaced (it gets
     /// `error{conflict}` and an [`Effect::Disconnect`]). The outcome's first message is the
     /// joiner's `welcome` (carrying `rid`).
@@ -778,21 +780,35 @@ impl Session {
         if self.banned_identities.contains(&identity.to_owned()) {
             return Err(SessionError::Removed);
         }
-        let name = name
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(identity);
-        let name = if name.trim().is_empty() {
-            "guest"
+        // A token without identity: a key no token can carry (tokens refuse control
+        // characters), so anonymous participants never replace each other.
+        let anon;
+        let (identity, anonymous) = if identity.is_empty() {
+            anon = format!("\u{0}anon-{}", self.next_pid);
+            (anon.as_str(), true)
         } else {
-            name.trim()
+            (identity, false)
         };
-        if name.chars().count() > MAX_NAME_CHARS {
-            return Err(SessionError::BadName("longer than 64 characters"));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(SessionError::BadName("contains control characters"));
-        }
+        let explicit = name.map(str::trim).filter(|n| !n.is_empty());
+        let name: String = match explicit {
+            Some(n) => {
+                if n.chars().count() > MAX_NAME_CHARS {
+                    return Err(SessionError::BadName("longer than 64 characters"));
+                }
+                if n.chars().any(char::is_control) {
+                    return Err(SessionError::BadName("contains control characters"));
+                }
+                n.to_owned()
+            }
+            None if anonymous || identity.trim().is_empty() => format!("guest-{}", self.next_pid),
+            // The identity as the default name, shortened and without control characters.
+            None => identity
+                .trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_NAME_CHARS)
+                .collect(),
+        };
         let place = match role {
             Role::Host => Place::GreenRoom,
             Role::Producer => Place::Backstage,
@@ -835,7 +851,7 @@ impl Session {
         self.next_pid += 1;
         let m = Member {
             identity: identity.to_owned(),
-            name: name.to_owned(),
+            name,
             role,
             grants,
             place,

@@ -1155,6 +1155,29 @@ fn rejoin_replaces_the_old_participant() {
 }
 
 #[test]
+fn anonymous_participants_and_default_names() {
+    let mut s = Session::new(SessionConfig::default());
+    let g = Grants::for_role(Role::Viewer);
+    let (a, _) = s.join(0, "", None, Role::Viewer, g, None).unwrap();
+    let (b, o) = s.join(0, "", None, Role::Viewer, g, None).unwrap();
+    assert!(o.effects.is_empty(), "an anonymous join replaces nobody");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.participant(b).unwrap().name, format!("guest-{b}"));
+    assert_ne!(
+        s.participant(a).unwrap().name,
+        s.participant(b).unwrap().name
+    );
+    // A long identity is a valid default name once shortened.
+    let long = "i".repeat(200);
+    let (c, _) = s.join(0, &long, None, Role::Viewer, g, None).unwrap();
+    assert_eq!(
+        s.participant(c).unwrap().name.chars().count(),
+        MAX_NAME_CHARS
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn audience_is_counted_coalesced_and_paged() {
     let mut s = Session::new(SessionConfig::default());
     let p = pid_of(&mut s, 0, "p", Role::Producer);
