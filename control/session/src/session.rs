@@ -392,6 +392,44 @@ impl Counters {
     pub fn refused(&self, code: ErrorCode) -> u64 {
         self.refused[code.index()]
     }
+
+    /// The plain counters as `(metric name suffix, value)`, for Prometheus export (refusals are
+    /// in [`Counters::refused`], labelled by [`ErrorCode::as_str`]).
+    pub fn values(&self) -> [(&'static str, u64); 12] {
+        [
+            ("joins", self.joins),
+            ("leaves", self.leaves),
+            ("removed", self.removed),
+            ("replaced", self.replaced),
+            ("messages_in", self.messages_in),
+            ("chat_sent", self.chat_sent),
+            ("chat_dropped_audience_cap", self.chat_dropped_audience_cap),
+            ("reactions_counted", self.reactions_counted),
+            ("reaction_messages", self.reaction_messages),
+            ("poll_votes", self.poll_votes),
+            ("poll_updates", self.poll_updates),
+            ("audience_count_messages", self.audience_count_messages),
+        ]
+    }
+
+    /// Add `other` into `self` (totals over sessions, e.g. when a session is dropped).
+    pub fn add(&mut self, other: &Counters) {
+        for (a, b) in self.refused.iter_mut().zip(other.refused.iter()) {
+            *a += b;
+        }
+        self.joins += other.joins;
+        self.leaves += other.leaves;
+        self.removed += other.removed;
+        self.replaced += other.replaced;
+        self.messages_in += other.messages_in;
+        self.chat_sent += other.chat_sent;
+        self.chat_dropped_audience_cap += other.chat_dropped_audience_cap;
+        self.reactions_counted += other.reactions_counted;
+        self.reaction_messages += other.reaction_messages;
+        self.poll_votes += other.poll_votes;
+        self.poll_updates += other.poll_updates;
+        self.audience_count_messages += other.audience_count_messages;
+    }
 }
 
 /// One media source in the [`MediaPlan`].

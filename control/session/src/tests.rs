@@ -1380,6 +1380,21 @@ fn mute_reaches_the_participant_and_the_media_plan() {
 }
 
 #[test]
+fn counters_add_and_values() {
+    let mut f = fixture();
+    let c = f.s.counters().clone();
+    assert_eq!(c.values()[0], ("joins", 7));
+    let mut total = Counters::default();
+    total.add(&c);
+    total.add(&c);
+    assert_eq!(total.joins, 14);
+    let o = send(&mut f.s, T0, f.viewer, ClientMsg::End {});
+    assert_eq!(error_to(&o, f.viewer), Some(ErrorCode::NotAllowed));
+    total.add(f.s.counters());
+    assert_eq!(total.refused(ErrorCode::NotAllowed), 1);
+}
+
+#[test]
 fn unknown_participant_is_not_joined() {
     let mut s = Session::new(SessionConfig::default());
     let o = send(&mut s, 0, Pid(42), ClientMsg::Chat { text: "x".into() });
