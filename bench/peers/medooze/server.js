@@ -19,8 +19,18 @@ const HOST = process.env.MEDOOZE_HOST || "127.0.0.1";
 const PORT = parseIntArg("--port", process.env.MEDOOZE_PORT || "8090");
 /** Address announced in the ICE candidate (the UDP socket is bound there via preload/). */
 const MEDIA_IP = process.env.MEDOOZE_MEDIA_IP || "127.0.0.1";
-/** Default video layer for viewers: 1 = middle of q/h/f (what ils's `ils` scenario views). */
-const DEFAULT_LAYER = 1;
+/** DTLS-SRTP profiles, server preference order (OpenSSL names, ':'-separated). Default
+ *  AES-128-GCM first, then AES-CM-HMAC-SHA1-80: what ils picks when a client offers both (the
+ *  load tool offers GCM first). Medooze's own default string uses ';' separators, which OpenSSL
+ *  rejects, so without this it only ever negotiates AES_CM_128_HMAC_SHA1_80. */
+const SRTP_PROFILES = process.env.MEDOOZE_SRTP_PROFILES || "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80";
+/** Default video layer for viewers without `?layer=`: 1 = middle of q/h/f (what ils's `ils`
+ *  scenario views); MEDOOZE_DEFAULT_LAYER=0|1|2 overrides it. */
+const DEFAULT_LAYER = parseLayer(process.env.MEDOOZE_DEFAULT_LAYER ?? "1");
+if (DEFAULT_LAYER === null) {
+	console.error("MEDOOZE_DEFAULT_LAYER must be 0, 1 or 2");
+	process.exit(2);
+}
 
 /** Largest SDP offer body accepted, bytes. Default 64 KiB (ils control's limit); bounds
  *  memory per request. A larger body is answered 413 and counted in `limits.bodyTooLarge`. */
@@ -79,6 +89,11 @@ const VIEW_CAPS = {
 	},
 };
 
+/** "0" | "1" | "2" -> number, anything else -> null. */
+function parseLayer(v) {
+	return ["0", "1", "2"].includes(String(v)) ? Number(v) : null;
+}
+
 function parseIntArg(flag, dflt) {
 	const i = process.argv.indexOf(flag);
 	const v = i >= 0 ? process.argv[i + 1] : dflt;
@@ -98,12 +113,13 @@ class HttpError extends Error {
 	}
 }
 
-MediaServer.enableLog(false);
+MediaServer.enableLog(!!process.env.MEDOOZE_LOG);
 MediaServer.enableDebug(false);
 MediaServer.enableUltraDebug(false);
 MediaServer.enableWarning(!!process.env.MEDOOZE_WARN);
 
 const endpoint = MediaServer.createEndpoint(MEDIA_IP);
+endpoint.setDefaultSRTProtectionProfiles(SRTP_PROFILES);
 
 /**
  * @typedef {{ id: string, transport: any, stream: any, rids: string[] }} Publisher
@@ -319,16 +335,20 @@ function readBody(req) {
 	return new Promise((resolve, reject) => {
 		const chunks = [];
 		let len = 0;
-		req.on("data", (c) => {
+		const onData = (c) => {
 			len += c.length;
 			if (len > MAX_BODY_BYTES) {
 				counters.limits.bodyTooLarge++;
-				reject(new HttpError(413, `body larger than MAX_BODY_BYTES=${MAX_BODY_BYTES}`));
-				req.destroy();
+				// Stop buffering; the 413 is sent with Connection: close and the socket is
+				// closed once it is written (see send()).
+				req.off("data", onData);
+				req.resume();
+				reject(new HttpError(413, `body larger than MAX_BODY_BYTES=${MAX_BODY_BYTES}; send a smaller SDP offer`));
 				return;
 			}
 			chunks.push(c);
-		});
+		};
+		req.on("data", onData);
 		req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
 		req.on("error", reject);
 	});
@@ -360,8 +380,8 @@ async function handle(req, res) {
 			r = publish(roomName, body);
 		} else {
 			const l = url.searchParams.get("layer");
-			const layer = l === null ? DEFAULT_LAYER : Number(l);
-			if (![0, 1, 2].includes(layer)) throw new HttpError(400, "layer must be 0, 1 or 2");
+			const layer = l === null ? DEFAULT_LAYER : parseLayer(l);
+			if (layer === null) throw new HttpError(400, "layer must be 0, 1 or 2");
 			r = view(roomName, body, layer);
 		}
 		res.setHeader("Location", r.location);
@@ -379,7 +399,12 @@ async function handle(req, res) {
 }
 
 function send(res, status, type, body) {
-	res.writeHead(status, { "Content-Type": type, "Content-Length": Buffer.byteLength(body) });
+	const headers = { "Content-Type": type, "Content-Length": Buffer.byteLength(body) };
+	if (status === 413) {
+		headers.Connection = "close";
+		res.on("finish", () => res.socket && res.socket.destroy());
+	}
+	res.writeHead(status, headers);
 	res.end(body);
 }
 
