@@ -1542,4 +1542,33 @@ proptest! {
             }
         }
     }
+
+    /// Raw frames (parsed by `parse_client` like the transport does) from any participant of a
+    /// populated session never panic, and every refusal is a typed error to the sender.
+    #[test]
+    fn raw_frames_never_panic(
+        frames in prop::collection::vec(
+            (0u64..10, prop::sample::select(ClientMsg::TYPE_NAMES.to_vec()),
+             r#"[{}\[\]":,a-z0-9 .\-]{0,60}"#),
+            1..60),
+    ) {
+        let mut f = fixture();
+        for (i, (pid, ty, body)) in frames.into_iter().enumerate() {
+            let now = T0 + i as u64;
+            for text in [format!(r#"{{"type":"{ty}",{body}}}"#), format!(r#"{{"type":"{ty}"{body}"#)] {
+                match parse_client(&text) {
+                    Ok(frame) => {
+                        let o = f.s.handle(now, Pid(pid), frame);
+                        for out in &o.out {
+                            let _ = out.msg.to_json();
+                        }
+                    }
+                    Err(e) => prop_assert!(matches!(e.code, ErrorCode::BadMessage | ErrorCode::TooLarge)),
+                }
+            }
+            if let Err(e) = f.s.check_invariants() {
+                return Err(TestCaseError::fail(e));
+            }
+        }
+    }
 }
