@@ -301,6 +301,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/dev/token", get(dev_token))
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::ws_handler))
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors)
         .with_state(app)

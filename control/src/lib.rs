@@ -8,7 +8,10 @@
 //! * [`engine_link`]: spawning/attaching/supervising the engine; commands and events.
 //! * [`room`]: sans-IO room state: publishers, viewers, tracks, legs.
 //! * [`http`]: the HTTP API (WHIP, WHEP, rooms, metrics, demo page).
+//! * [`ws`]: `GET /ws`, the interactive live streaming session transport (issue 5).
+//! * [`admin`]: the admin HTTP API driving ILS sessions (`/api/sessions/...`).
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dtls;

@@ -328,8 +328,8 @@ struct Sub {
 }
 
 /// The session core and the media of its participants.
-struct Core {
-    session: Session,
+pub(crate) struct Core {
+    pub(crate) session: Session,
     media: HashMap<Pid, PMedia>,
 }
 
@@ -370,6 +370,11 @@ impl IlsRoom {
             epoch: Instant::now(),
             explicit,
         }
+    }
+
+    /// Lock the session core (always before `App::rooms` when both are needed).
+    pub(crate) async fn core_lock(&self) -> tokio::sync::MutexGuard<'_, Core> {
+        self.core.lock().await
     }
 
     /// Session time: milliseconds since the session was created.

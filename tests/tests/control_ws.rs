@@ -1,0 +1,476 @@
+//! `/ws` (interactive live streaming sessions, issue 5) end to end through the real `ils-control`
+//! binary and its engine: join and refusals over the wire, a host publishing real SRTP from an
+//! independent webrtc-rs peer, a viewer's fixed slots receiving that media only while the
+//! producer has the host on stage (no renegotiation), chat, aggregated reactions, and the admin
+//! HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use ils_control::auth::{self, Claims, Grant, Role, Secret};
+use ils_tests::http::{now_unix as now, request, start_control};
+use ils_tests::TestPeer;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "control-ws-test-secret-0123456789";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn token(room: &str, role: Role, identity: &str, grants: Option<Vec<Grant>>) -> String {
+    auth::issue_claims(
+        &Secret::from_str(SECRET),
+        &Claims {
+            room: room.into(),
+            role,
+            identity: Some(identity.into()),
+            exp: now() + 600,
+            iat: Some(now()),
+            grants,
+            name: Some(identity.to_uppercase()),
+        },
+    )
+}
+
+/// A `/ws` client that keeps every message it read.
+struct Client {
+    ws: Ws,
+    seen: Vec<Value>,
+    closed: Option<(u16, String)>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("websocket upgrade");
+        Client {
+            ws,
+            seen: Vec::new(),
+            closed: None,
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Next JSON message within `wait`, or `None` (timeout or close; a close is recorded).
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("server sends JSON");
+                    self.seen.push(v.clone());
+                    return Some(v);
+                }
+                Ok(Message::Close(f)) => {
+                    self.closed = Some(
+                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The first message of type `t` (matching `pred`) within 5 s; panics otherwise.
+    async fn expect(&mut self, t: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(v) = self.next(Duration::from_millis(200)).await {
+                if v["type"] == t && pred(&v) {
+                    return v;
+                }
+            } else if self.closed.is_some() {
+                break;
+            }
+        }
+        panic!(
+            "no {t} message; closed {:?}; seen {:#?}",
+            self.closed, self.seen
+        );
+    }
+
+    /// Read until the server closes (at most 5 s); the close code and reason.
+    async fn close_frame(&mut self) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.closed.is_none() && Instant::now() < deadline {
+            self.next(Duration::from_millis(200)).await;
+        }
+        self.closed.clone().expect("server closed the socket")
+    }
+}
+
+async fn join(addr: SocketAddr, tok: &str) -> (Client, Value) {
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type": "hello", "v": 1, "token": tok, "rid": "h"}))
+        .await;
+    let w = c.expect("welcome", |_| true).await;
+    assert_eq!(w["rid"], "h");
+    (c, w)
+}
+
+fn attr(sdp: &str, name: &str) -> String {
+    let p = format!("a={name}:");
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(&p))
+        .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
+        .trim()
+        .to_string()
+}
+
+fn candidate(sdp: &str) -> SocketAddr {
+    let c = attr(sdp, "candidate");
+    let f: Vec<&str> = c.split_whitespace().collect();
+    format!("{}:{}", f[4], f[5]).parse().expect("candidate")
+}
+
+const AUDIO_SSRC: u32 = 0x1111_0001;
+const VIDEO_SSRC: u32 = 0x2222_0002;
+
+fn transport(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
+    let a = peer.local_addr();
+    format!(
+        "c=IN IP4 {ip}\r\na=candidate:1 1 udp 2122260223 {ip} {port} typ host\r\n\
+         a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n\
+         a=rtcp-mux\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+        ip = a.ip(),
+        port = a.port(),
+        fp = peer.certificate_fingerprint()
+    )
+}
+
+/// Send-only Opus + VP8 (one layer each, SSRCs signalled).
+fn publisher_offer(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
+    let t = transport(peer, ufrag, pwd);
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{t}a=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+         a=ssrc:{AUDIO_SSRC} cname:pub\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96\r\n{t}a=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n\
+         a=ssrc:{VIDEO_SSRC} cname:pub\r\n"
+    )
+}
+
+/// Receive-only: one video slot (mid v0) and one audio slot (mid a0).
+fn subscriber_offer(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
+    let t = transport(peer, ufrag, pwd);
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE v0 a0\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96\r\n{t}a=mid:v0\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{t}a=mid:a0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+    )
+}
+
+async fn connect_peer(peer: &mut TestPeer, answer: &str) {
+    peer.connect(
+        candidate(answer),
+        &attr(answer, "ice-ufrag"),
+        &attr(answer, "ice-pwd"),
+    )
+    .await
+    .expect("ICE + DTLS with the engine");
+}
+
+/// RTP packets the subscriber receives within `wait`.
+async fn rtp_within(peer: &TestPeer, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        if peer.recv_rtp(Duration::from_millis(50)).await.is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Discard queued RTP (what was in flight before a change).
+async fn drain(peer: &TestPeer) {
+    while peer.recv_rtp(Duration::from_millis(1)).await.is_some() {}
+}
+
+fn slot_participant(slots: &Value, kind: &str) -> Value {
+    slots["mapping"]
+        .as_array()
+        .expect("mapping")
+        .iter()
+        .find(|m| m["kind"] == kind)
+        .map(|m| m["participant"].clone())
+        .expect("slot of kind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ils_session_over_ws_with_real_media() {
+    let data = std::env::temp_dir().join(format!("ils-control-ws-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (_control, addr) = start_control(&data, SECRET);
+    let room = "show";
+
+    // ---- refusals over the wire: typed error, then a close with a reason ----
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type": "hello", "v": 1, "token": "not-a-jwt", "rid": "x"}))
+        .await;
+    let e = c.expect("error", |_| true).await;
+    assert_eq!(e["code"], "unauthorized");
+    assert_eq!(e["rid"], "x");
+    let (code, reason) = c.close_frame().await;
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("unauthorized"), "{reason}");
+
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type": "chat", "text": "hi"})).await;
+    assert_eq!(c.expect("error", |_| true).await["code"], "not_joined");
+    assert!(
+        !c.close_frame().await.1.is_empty(),
+        "close carries a reason"
+    );
+
+    let mut c = Client::connect(addr).await;
+    let vt = token(room, Role::Viewer, "v0", None);
+    c.send(json!({"type": "hello", "v": 2, "token": vt})).await;
+    assert_eq!(
+        c.expect("error", |_| true).await["code"],
+        "unsupported_version"
+    );
+
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type": "hello", "v": 1, "token": vt, "junk": "x".repeat(70_000)}))
+        .await;
+    assert_eq!(c.expect("error", |_| true).await["code"], "too_large");
+
+    // ---- join: producer backstage, host in the green room, viewer in the audience ----
+    let (mut prod, w) = join(addr, &token(room, Role::Producer, "prod", None)).await;
+    assert_eq!(w["you"]["place"], "backstage");
+    assert_eq!(w["you"]["grants"]["admin"], true);
+    let (mut host, w) = join(addr, &token(room, Role::Host, "host", None)).await;
+    assert_eq!(w["you"]["place"], "green_room");
+    let host_id = w["you"]["id"].as_u64().expect("id");
+    let (mut viewer, w) = join(addr, &token(room, Role::Viewer, "viewer", None)).await;
+    assert_eq!(w["you"]["place"], "audience");
+    assert_eq!(w["you"]["name"], "VIEWER", "name claim");
+    assert_eq!(
+        w["state"]["green_room"].as_array().map(Vec::len),
+        Some(0),
+        "the audience never sees the green room"
+    );
+
+    // grants checked on the server: a viewer may not publish; a token without chat may not chat
+    viewer
+        .send(json!({"type": "publish", "sdp": "v=0", "rid": "p"}))
+        .await;
+    let e = viewer.expect("error", |v| v["rid"] == "p").await;
+    assert_eq!(e["code"], "not_allowed", "{e}");
+    let (mut mute, _) = join(
+        addr,
+        &token(room, Role::Viewer, "silent", Some(vec![Grant::Subscribe])),
+    )
+    .await;
+    mute.send(json!({"type": "chat", "text": "hello", "rid": "c"}))
+        .await;
+    assert_eq!(
+        mute.expect("error", |v| v["rid"] == "c").await["code"],
+        "not_allowed"
+    );
+    mute.send(json!({"type": "leave"})).await;
+    assert_eq!(mute.close_frame().await.0, 1000);
+
+    // ---- media: the host publishes real SRTP; the viewer subscribes with fixed slots ----
+    let mut hp = TestPeer::new("hostufrag", "hostpassword0123456789ab").expect("peer");
+    host.send(json!({"type": "publish", "sdp": publisher_offer(&hp, "hostufrag", "hostpassword0123456789ab"), "rid": "pub"}))
+        .await;
+    let a = host.expect("answer", |v| v["rid"] == "pub").await;
+    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
+    let hp = Arc::new(hp);
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let (hp, sending) = (Arc::clone(&hp), Arc::clone(&sending));
+        tokio::spawn(async move {
+            let mut seq = 0u16;
+            while sending.load(Ordering::Relaxed) {
+                for (pt, ssrc) in [(111u8, AUDIO_SSRC), (96, VIDEO_SSRC)] {
+                    let p = rtp::packet::Packet {
+                        header: rtp::header::Header {
+                            version: 2,
+                            payload_type: pt,
+                            sequence_number: seq,
+                            timestamp: u32::from(seq) * 960,
+                            ssrc,
+                            marker: pt == 96,
+                            ..Default::default()
+                        },
+                        payload: bytes::Bytes::from_static(&[0x90, 0x80, 0, 1, 2, 3, 4, 5]),
+                    };
+                    let _ = hp.send_rtp(&p).await;
+                }
+                seq = seq.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let pinfo = prod
+        .expect("participant", |v| {
+            v["id"] == host_id && v["publishing"] == true
+        })
+        .await;
+    assert_eq!(pinfo["place"], "green_room");
+
+    let mut vp = TestPeer::new("viewufrag", "viewpassword0123456789ab").expect("peer");
+    viewer
+        .send(json!({"type": "subscribe", "sdp": subscriber_offer(&vp, "viewufrag", "viewpassword0123456789ab"), "video_slots": 1, "audio_slots": 1, "rid": "sub"}))
+        .await;
+    let a = viewer.expect("answer", |v| v["rid"] == "sub").await;
+    assert_eq!(
+        a["slots"],
+        json!([{"slot": 0, "kind": "video", "mid": "v0"}, {"slot": 0, "kind": "audio", "mid": "a0"}])
+    );
+    let answer_sdp = a["sdp"].as_str().expect("sdp").to_string();
+    connect_peer(&mut vp, &answer_sdp).await;
+    let s = viewer.expect("slots", |_| true).await;
+    assert_eq!(slot_participant(&s, "video"), Value::Null);
+    assert_eq!(
+        rtp_within(&vp, Duration::from_millis(1500)).await,
+        0,
+        "a green-room host never reaches the audience"
+    );
+
+    // ---- the producer brings the host on stage: the viewer's slots carry it, no new SDP ----
+    prod.send(json!({"type": "move", "participant": host_id, "to": "stage", "rid": "m1"}))
+        .await;
+    prod.expect("ack", |v| v["rid"] == "m1").await;
+    let s = viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+    assert_eq!(slot_participant(&s, "audio"), host_id);
+    let t0 = Instant::now();
+    let got = rtp_within(&vp, Duration::from_secs(2)).await;
+    assert!(got > 20, "stage media reaches the viewer: {got} packets");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // ---- back to the green room: media stops ----
+    prod.send(json!({"type": "move", "participant": host_id, "to": "green_room"}))
+        .await;
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == Value::Null)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(&vp).await;
+    assert_eq!(
+        rtp_within(&vp, Duration::from_secs(1)).await,
+        0,
+        "off stage, nothing is forwarded"
+    );
+
+    // ---- admin HTTP API: a host token has no admin grant; the producer's does ----
+    let body = r#"{"to":"stage"}"#;
+    let path = format!("/api/sessions/{room}/participants/{host_id}/move");
+    let host_bearer = format!("Bearer {}", token(room, Role::Host, "h2", None));
+    let r = request(
+        addr,
+        "POST",
+        &path,
+        &[("Authorization", &host_bearer)],
+        body,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let prod_bearer = format!("Bearer {}", token(room, Role::Producer, "api", None));
+    let auth_h = ("Authorization", prod_bearer.as_str());
+    let r = request(addr, "POST", &path, &[auth_h], body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+    assert!(rtp_within(&vp, Duration::from_secs(2)).await > 20);
+    let r = request(
+        addr,
+        "GET",
+        &format!("/api/sessions/{room}/participants?limit=10"),
+        &[auth_h],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p: Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(p["stage"][0]["id"], host_id);
+    assert_eq!(p["audience_count"], 1);
+    assert_eq!(p["audience"]["items"][0]["name"], "VIEWER");
+    let r = request(
+        addr,
+        "POST",
+        &format!("/api/sessions/{room}/participants/999/move"),
+        &[auth_h],
+        body,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = request(
+        addr,
+        "POST",
+        &format!("/api/sessions/{room}/app"),
+        &[auth_h],
+        r#"{"to":{"all":true},"data":{"banner":"welcome"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    viewer
+        .expect("app", |v| v["data"]["banner"] == "welcome")
+        .await;
+
+    // ---- chat round trip and aggregated reactions ----
+    viewer
+        .send(json!({"type": "chat", "text": "hello stage"}))
+        .await;
+    let m = prod
+        .expect("chat", |v| v["msg"]["text"] == "hello stage")
+        .await;
+    assert_eq!(m["msg"]["from"]["name"], "VIEWER");
+    for _ in 0..8 {
+        viewer.send(json!({"type": "react", "emoji": "👍"})).await;
+    }
+    let mut total = 0;
+    let mut messages = 0;
+    while total < 8 {
+        let r = prod.expect("reactions", |_| true).await;
+        total += r["counts"]["👍"].as_u64().unwrap_or(0);
+        messages += 1;
+    }
+    assert_eq!(total, 8);
+    assert!(
+        messages <= 2,
+        "8 reactions arrive aggregated, not one by one"
+    );
+
+    // ---- metrics ----
+    let m = request(addr, "GET", "/metrics", &[], "").body;
+    assert!(m.contains("ils_ws_sockets_open 3"), "{m}");
+    assert!(m.contains("ils_ws_refused_total{reason=\"unauthorized\"} 1"));
+    assert!(m.contains("ils_ws_messages_in_total{type=\"react\"} 8"));
+
+    // ---- the producer ends the session: everyone gets ended and a close ----
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/api/sessions/{room}"),
+        &[auth_h],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    viewer.expect("ended", |_| true).await;
+    let (code, reason) = viewer.close_frame().await;
+    assert_eq!(code, 1000);
+    assert!(reason.contains("ended"), "{reason}");
+    sending.store(false, Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = std::fs::remove_dir_all(&data);
+}
