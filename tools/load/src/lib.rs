@@ -4,13 +4,14 @@
 //! per-packet allocation, measuring SFU-added latency, loss and the server's CPU cost.
 //!
 //! Modules: [`sdp`] offers/answers, [`http`] signaling client, [`setup`] handshakes,
-//! [`media`] synthetic Opus/VP8 with probes, [`io`] the data path, [`proc`] CPU/RSS from
+//! [`janus`] the Janus videoroom adapter, [`media`] synthetic Opus/VP8 with probes, [`io`] the data path, [`proc`] CPU/RSS from
 //! /proc, [`run`] scenarios and reports.
 
 #![warn(missing_docs)]
 
 pub mod http;
 pub mod io;
+pub mod janus;
 pub mod media;
 pub mod proc;
 pub mod report;

@@ -12,7 +12,8 @@ use ils_load::{RunConfig, Scenario, TargetKind};
 #[command(name = "ils-load", version)]
 struct Cli {
     /// Server API and base URL: `ils` (ils-control; tokens from --secret/ILS_SECRET, --token or its
-    /// --dev endpoint) or `whip-whep` (any WHIP/WHEP server; tokens from flags).
+    /// --dev endpoint), `whip-whep` (any WHIP/WHEP server; tokens from flags) or `janus` (Janus
+    /// 1.1 videoroom over its HTTP API, URL http://HOST:PORT/janus; bench/peers/janus/start.sh).
     #[arg(long, value_enum, default_value = "ils")]
     target: TargetKind,
     /// Server base URL.

@@ -31,6 +31,8 @@ pub enum TargetKind {
     Ils,
     /// Any WHIP/WHEP server: tokens only from flags.
     WhipWhep,
+    /// Janus 1.1 videoroom through its HTTP API (URL `http://HOST:PORT/janus`).
+    Janus,
 }
 
 /// Named scenarios.
@@ -227,7 +229,7 @@ async fn resolve_tokens(
 ) -> anyhow::Result<(Option<String>, Option<String>)> {
     let publish = cfg.publish_token.clone().or(cfg.token.clone());
     let view = cfg.view_token.clone().or(cfg.token.clone());
-    if cfg.target == TargetKind::WhipWhep || (publish.is_some() && view.is_some()) {
+    if cfg.target != TargetKind::Ils || (publish.is_some() && view.is_some()) {
         return Ok((publish, view));
     }
     let mint = |role: ils_control::auth::Role| -> Option<String> {
@@ -306,6 +308,16 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         Scenario::Ils => (true, 1),
         Scenario::Stage => (true, cfg.hosts),
     };
+    // Janus: its own signaling (crate::janus) instead of WHIP/WHEP.
+    let janus = match cfg.target {
+        TargetKind::Janus => {
+            let substream = (cfg.scenario != Scenario::Audio).then_some(1);
+            Some(rt.block_on(crate::janus::JanusRun::start(
+                &cfg.url, &cfg.room, substream,
+            ))?)
+        }
+        _ => None,
+    };
     let live = Arc::new(Live::default());
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>();
     let io_cfg = IoConfig {
@@ -346,11 +358,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         ..Default::default()
     };
     for _ in 0..hosts {
-        let r = rt.block_on(setup::connect(
-            &target,
-            Role::Publisher { video },
-            rand::random(),
-        ))?;
+        let role = Role::Publisher { video };
+        let r = match &janus {
+            Some(j) => rt.block_on(j.connect(role, rand::random()))?,
+            None => rt.block_on(setup::connect(&target, role, rand::random()))?,
+        };
         if let Some(l) = &r.location {
             cleanup.push((l.clone(), r.token.clone()));
         }
@@ -369,9 +381,18 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         let tx = ctrl_tx.clone();
         let joins = joins.clone();
         let bar = bar.clone();
+        let janus = janus.clone();
         handles.push(rt.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let r = setup::connect(&target, Role::Viewer { video }, 0).await;
+            let r = match &janus {
+                Some(j) => j
+                    .connect(Role::Viewer { video }, 0)
+                    .await
+                    .map_err(anyhow::Error::from),
+                None => setup::connect(&target, Role::Viewer { video }, 0)
+                    .await
+                    .map_err(anyhow::Error::from),
+            };
             let mut g = joins.lock().unwrap_or_else(|e| e.into_inner());
             match r {
                 Ok(r) => {
@@ -491,7 +512,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     result.layers_received = t.rx_video_by_layer;
     result.totals = report.totals.clone();
 
-    if cfg.delete {
+    if let (Some(j), true) = (&janus, cfg.delete) {
+        rt.block_on(j.finish());
+    } else if cfg.delete {
         rt.block_on(async {
             let sem = Arc::new(tokio::sync::Semaphore::new(DELETE_CONCURRENCY));
             let mut hs = Vec::new();
