@@ -282,6 +282,12 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/ils.js", get(ils_js))
+        .route("/studio.html", get(|| web_file("studio")))
+        .route("/producer.html", get(|| web_file("producer")))
+        .route("/viewer.html", get(|| web_file("viewer")))
+        .route("/ils-client.js", get(|| web_file("ils-client")))
+        .route("/ils-app.js", get(|| web_file("ils-app")))
+        .route("/ils-app.css", get(|| web_file("ils-app.css")))
         .route("/whip/{room}", post(whip).options(options))
         .route("/whep/{room}", post(whep).options(options))
         .route(
@@ -321,6 +327,37 @@ async fn ils_js() -> Response {
         include_str!("../web/ils.js"),
     )
         .into_response()
+}
+
+/// The ILS web app (control/web, issue 5): pages, client library, styles.
+async fn web_file(name: &'static str) -> Response {
+    let (ct, body): (&str, &str) = match name {
+        "studio" => (
+            "text/html; charset=utf-8",
+            include_str!("../web/studio.html"),
+        ),
+        "producer" => (
+            "text/html; charset=utf-8",
+            include_str!("../web/producer.html"),
+        ),
+        "viewer" => (
+            "text/html; charset=utf-8",
+            include_str!("../web/viewer.html"),
+        ),
+        "ils-client" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../web/ils-client.js"),
+        ),
+        "ils-app" => (
+            "text/javascript; charset=utf-8",
+            include_str!("../web/ils-app.js"),
+        ),
+        _ => (
+            "text/css; charset=utf-8",
+            include_str!("../web/ils-app.css"),
+        ),
+    };
+    ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
 async fn options() -> Response {
