@@ -585,7 +585,10 @@ pub async fn run_outcome(app: &Arc<App>, room: &Arc<IlsRoom>, o: Outcome) {
 }
 
 async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) {
+    // Whole plan (publishers changed, moves) or only some subscribers (their own subscribe /
+    // slot_size): a viewer joining must not cost a pass over every other viewer.
     let mut plan = false;
+    let mut only: Vec<Pid> = Vec::new();
     for e in effects {
         match e {
             Effect::Publish { pid, sdp, rid } => {
@@ -595,7 +598,7 @@ async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) 
             }
             Effect::Subscribe { pid, sdp, rid, .. } => {
                 if subscribe(app, room, pid, &sdp, rid).await {
-                    plan = true;
+                    only.push(pid);
                 }
             }
             Effect::SlotSize {
@@ -622,7 +625,7 @@ async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) 
                     if let Some(rid) = rid {
                         room.send_msg(c, pid, ServerMsg::Ack { rid });
                     }
-                    plan = true;
+                    only.push(pid);
                 } else {
                     c.count_refused(ErrorCode::NotFound);
                     room.send_msg(
@@ -664,7 +667,9 @@ async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) 
         }
     }
     if plan {
-        apply_plan(app, room).await;
+        apply_plan(app, room, None).await;
+    } else if !only.is_empty() {
+        apply_plan(app, room, Some(&only)).await;
     }
 }
 
@@ -859,8 +864,9 @@ async fn subscribe(
 /// Recompute forwarding from the session's media plan: publishers that may no longer publish
 /// are closed; stage publishers are public (WHEP viewers see them), the rest private; every
 /// subscriber's slots are pinned to what its place sees and told with `slots` when its mapping
-/// changed (one serialization per distinct mapping).
-pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>) {
+/// changed (one serialization per distinct mapping). `only`: just these subscribers (their
+/// own `subscribe` / `slot_size`; publishers and other subscribers are unchanged).
+pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]>) {
     let c = &app.ils.counters;
     let mut core = room.core.lock().await;
     let now = room.now_ms();
@@ -921,6 +927,7 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>) {
     let publics: Vec<(String, bool)> = core
         .media
         .iter()
+        .filter(|_| only.is_none())
         .filter_map(|(pid, m)| {
             let id = m.publisher.clone()?;
             let stage = plan
@@ -936,7 +943,10 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>) {
     // Key: (place, the subscriber itself when it is among the feeds, video slots, audio slots).
     type Key = (u8, Option<Pid>, u32, u32);
     let mut cache: HashMap<Key, (SlotPlan, Utf8Bytes)> = HashMap::new();
-    let pids: Vec<Pid> = core.media.keys().copied().collect();
+    let pids: Vec<Pid> = match only {
+        Some(o) => o.to_vec(),
+        None => core.media.keys().copied().collect(),
+    };
     for pid in pids {
         let Some((_, place)) = core.session.role_place(pid) else {
             continue;
@@ -1351,4 +1361,155 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     drop(core);
     drop_media(app, media).await;
     run_outcome(app, &room, o).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(pid: u64, audio: bool, video: bool, rids: &[&str]) -> Feed {
+        Feed {
+            pid: Pid(pid),
+            session: format!("s{pid}"),
+            audio,
+            video,
+            rids: rids.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn slots(video: u32, audio: u32) -> Vec<SlotDesc> {
+        let v = (0..video).map(|i| SlotDesc {
+            slot: i,
+            kind: MediaKind::Video,
+            mid: format!("v{i}"),
+        });
+        let a = (0..audio).map(|i| SlotDesc {
+            slot: i,
+            kind: MediaKind::Audio,
+            mid: format!("a{i}"),
+        });
+        v.chain(a).collect()
+    }
+
+    #[test]
+    fn feeds_fill_slots_in_order_and_extra_slots_stay_empty() {
+        let feeds = [
+            feed(1, true, true, &["q", "h", "f"]),
+            feed(2, true, false, &[]),
+            feed(3, false, true, &[]),
+        ];
+        let p = plan_slots(&feeds, &slots(3, 1), &HashMap::new());
+        // video: feeds 1 and 3 (2 has its video muted), third slot empty; audio: feed 1
+        let who: Vec<Option<u64>> = p
+            .mapping
+            .iter()
+            .map(|m| m.participant.map(|x| x.0))
+            .collect();
+        assert_eq!(who, vec![Some(1), Some(3), None, Some(1)]);
+        assert_eq!(
+            p.feeds,
+            vec![
+                Some(("s1".into(), 1)),
+                Some(("s3".into(), 1)),
+                None,
+                Some(("s1".into(), 0))
+            ],
+            "two videos: medium by default; audio has no layer"
+        );
+        assert_eq!(p.mapping[0].layer.as_deref(), Some("h"));
+        assert_eq!(p.mapping[1].layer, None, "single-layer publisher");
+        assert_eq!(p.mapping[3].layer, None, "audio");
+    }
+
+    #[test]
+    fn slot_size_picks_the_layer_and_defaults_follow_the_count() {
+        let feeds = [feed(1, true, true, &["q", "h", "f"])];
+        let mut sizes = HashMap::new();
+        let p = plan_slots(&feeds, &slots(1, 0), &sizes);
+        assert_eq!(p.feeds[0], Some(("s1".into(), 2)), "one video: full");
+        assert_eq!(p.mapping[0].layer.as_deref(), Some("f"));
+        sizes.insert(0, SlotSize::Thumbnail);
+        let p = plan_slots(&feeds, &slots(1, 0), &sizes);
+        assert_eq!(p.feeds[0], Some(("s1".into(), 0)));
+        assert_eq!(p.mapping[0].layer.as_deref(), Some("q"));
+        // two rids only: "full" maps to the highest there is
+        let two = [feed(1, true, true, &["l", "h"])];
+        sizes.insert(0, SlotSize::Full);
+        assert_eq!(
+            plan_slots(&two, &slots(1, 0), &sizes).mapping[0]
+                .layer
+                .as_deref(),
+            Some("h")
+        );
+        assert_eq!(default_size(1), SlotSize::Full);
+        assert_eq!(default_size(4), SlotSize::Medium);
+        assert_eq!(default_size(25), SlotSize::Thumbnail);
+        assert_eq!(size_layer(SlotSize::Medium), 1);
+    }
+
+    #[test]
+    fn nothing_visible_means_every_slot_is_empty() {
+        let p = plan_slots(&[], &slots(25, 8), &HashMap::new());
+        assert_eq!(p.feeds.len(), 33);
+        assert!(p.feeds.iter().all(Option::is_none));
+        assert!(p.mapping.iter().all(|m| m.participant.is_none()));
+    }
+
+    #[test]
+    fn close_reasons_fit_the_close_frame() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100);
+        let r = close_reason(&long);
+        assert!(r.len() <= 123 && long.starts_with(&r));
+        assert_eq!(place_from(place_index(Place::GreenRoom)), Place::GreenRoom);
+        assert_eq!(place_from(200), Place::Audience);
+    }
+
+    #[test]
+    fn deliver_serializes_once_and_routes_direct_and_broadcast() {
+        let counters = WsCounters::default();
+        let room = IlsRoom::new("r", false);
+        let mut brx = room.tx.subscribe();
+        let (tx, mut rx) = mpsc::channel(1);
+        let place = Arc::new(AtomicU8::new(place_index(Place::Audience)));
+        room.handles.lock().expect("lock").insert(
+            Pid(5),
+            Handle {
+                tx,
+                place: Arc::clone(&place),
+            },
+        );
+        room.deliver(
+            &counters,
+            vec![
+                Out {
+                    to: To::Everyone,
+                    msg: ServerMsg::AudienceCount { count: 100_000 },
+                },
+                Out {
+                    to: To::Participant(Pid(5)),
+                    msg: ServerMsg::Moved {
+                        participant: Pid(5),
+                        to: Place::GreenRoom,
+                    },
+                },
+                // the queue (capacity 1) is full now: the socket is dropped, not blocked on
+                Out {
+                    to: To::Participant(Pid(5)),
+                    msg: ServerMsg::Invited { by: Pid(1) },
+                },
+            ],
+        );
+        assert_eq!(counters.serialized.load(Ordering::Relaxed), 3);
+        let f = brx.try_recv().expect("broadcast");
+        assert_eq!(&*f.json, r#"{"type":"audience_count","count":100000}"#);
+        assert!(matches!(rx.try_recv(), Ok(Direct::Frame(f)) if f.kind == "moved"));
+        assert_eq!(
+            place_from(place.load(Ordering::Relaxed)),
+            Place::GreenRoom,
+            "the socket filters with its new place"
+        );
+        assert_eq!(counters.closed_slow.load(Ordering::Relaxed), 1);
+        assert!(room.handles.lock().expect("lock").is_empty());
+    }
 }
