@@ -21,6 +21,12 @@ export const REQUEST_TIMEOUT_MS = 10_000;
 export const ICE_WAIT_MS = 1_000;
 /** Most chat messages kept in `IlsClient.chat` (older ones are dropped from the client's copy). */
 export const MAX_CHAT_KEPT = 200;
+/**
+ * Codecs a subscriber connection offers, by default: what the app's publishers send (VP8
+ * simulcast, Opus) plus RTX. Chromium offers ~20 video codec entries per m-line otherwise
+ * (~5 KiB per video slot), which puts a 25-slot offer far over the server's SDP size limit.
+ */
+export const SUBSCRIBE_CODECS = ["video/VP8", "audio/opus"];
 /** Slot sizes the server understands (it picks the simulcast layer from them). */
 export const SLOT_SIZES = /** @type {const} */ (["thumbnail", "medium", "full"]);
 
@@ -151,6 +157,27 @@ export const pid = (id) => (typeof id === "string" && /^\d+$/.test(id) ? Number(
  * @param {number} slot
  */
 export const slotKey = (kind, slot) => `${kind}:${slot}`;
+
+/**
+ * Restricts a transceiver to `mimeTypes` (+ RTX) when the browser supports codec preferences.
+ * @param {RTCRtpTransceiver} t
+ * @param {"audio"|"video"} kind
+ * @param {string[]} mimeTypes  e.g. ["video/VP8"]; entries of the other kind are ignored
+ */
+function preferCodecs(t, kind, mimeTypes) {
+  const want = mimeTypes.map((m) => m.toLowerCase()).filter((m) => m.startsWith(kind + "/"));
+  if (!want.length || typeof t.setCodecPreferences !== "function" || !globalThis.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities) return;
+  const caps = RTCRtpReceiver.getCapabilities(kind);
+  if (!caps) return;
+  const keep = caps.codecs.filter((c) => want.includes(c.mimeType.toLowerCase()));
+  if (!keep.length) return; // the browser has none of them: leave its defaults
+  const rtx = caps.codecs.filter((c) => c.mimeType.toLowerCase() === `${kind}/rtx`);
+  try {
+    t.setCodecPreferences([...keep, ...rtx]);
+  } catch (_) {
+    /* refused: keep the browser's defaults (a larger offer) */
+  }
+}
 
 /** @param {any} v */
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
@@ -710,10 +737,11 @@ export class IlsClient {
   /**
    * Opens the receive-only connection with a fixed number of video and audio slots. The server's
    * answer names the slot of every m-line; later stage changes only re-map slots (`slots` events).
-   * @param {{videoSlots:number, audioSlots:number}} req
+   * @param {{videoSlots:number, audioSlots:number, codecs?:string[]}} req  `codecs`: mime types to
+   *   offer (default SUBSCRIBE_CODECS; [] = every codec the browser has)
    * @returns {Promise<Subscription>}
    */
-  async subscribe({ videoSlots, audioSlots }) {
+  async subscribe({ videoSlots, audioSlots, codecs = SUBSCRIBE_CODECS }) {
     if (this.subscription) throw new IlsSessionError("conflict", "already subscribed: slots are fixed for the connection's life");
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     const sub = new Subscription(pc);
@@ -722,6 +750,7 @@ export class IlsClient {
       const trs = [];
       for (let i = 0; i < videoSlots; i++) trs.push(pc.addTransceiver("video", { direction: "recvonly" }));
       for (let i = 0; i < audioSlots; i++) trs.push(pc.addTransceiver("audio", { direction: "recvonly" }));
+      for (const t of trs) preferCodecs(t, /** @type {"audio"|"video"} */ (t.receiver.track.kind), codecs);
       sub.negotiations.offers += 1;
       await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc, ICE_WAIT_MS);
