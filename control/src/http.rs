@@ -951,6 +951,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let _ = writeln!(out, "# TYPE ils_engine_heartbeat_age_seconds gauge");
     let _ = writeln!(out, "ils_engine_heartbeat_age_seconds {age}");
     app.ils.counters.render(&mut out);
+    app.ils.render_sessions(&mut out).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

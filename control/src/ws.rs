@@ -453,6 +453,8 @@ pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<IlsRoom>>>,
     /// Counters for `/metrics`.
     pub counters: WsCounters,
+    /// Session-core counters of sessions already dropped (totals stay monotonic).
+    gone: Mutex<ils_session::Counters>,
 }
 
 /// Why a session could not be created or found.
@@ -492,9 +494,12 @@ impl Hub {
     /// that name is replaced; a running one is [`HubError::Exists`].
     pub async fn create(app: &Arc<App>, room: &str) -> Result<Arc<IlsRoom>, HubError> {
         if let Some(r) = app.ils.get(room) {
-            if !r.core.lock().await.session.is_ended() {
+            let core = r.core.lock().await;
+            if !core.session.is_ended() {
                 return Err(HubError::Exists);
             }
+            app.ils.retire(core.session.counters());
+            drop(core);
             app.ils.remove(room, &r);
         }
         Self::create_inner(app, room, true, false)
@@ -530,6 +535,51 @@ impl Hub {
             }
         }
     }
+
+    fn holds(&self, r: &Arc<IlsRoom>) -> bool {
+        self.rooms
+            .lock()
+            .map(|m| m.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)))
+            .unwrap_or(false)
+    }
+
+    /// Remember a dropped session's core counters in the totals.
+    fn retire(&self, c: &ils_session::Counters) {
+        if let Ok(mut g) = self.gone.lock() {
+            g.add(c);
+        }
+    }
+
+    /// Prometheus text of the session cores' counters, summed over every session this process
+    /// ran (`ils_session_<name>_total`, `ils_session_refused_total{reason}`) and the number of
+    /// live sessions (`ils_sessions`).
+    pub async fn render_sessions(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut total = self.gone.lock().map(|g| g.clone()).unwrap_or_default();
+        let live: Vec<Arc<IlsRoom>> = self
+            .rooms
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        for r in &live {
+            total.add(r.core.lock().await.session.counters());
+        }
+        let _ = writeln!(out, "# TYPE ils_sessions gauge");
+        let _ = writeln!(out, "ils_sessions {}", live.len());
+        for (n, v) in total.values() {
+            let _ = writeln!(out, "# TYPE ils_session_{n}_total counter");
+            let _ = writeln!(out, "ils_session_{n}_total {v}");
+        }
+        let _ = writeln!(out, "# TYPE ils_session_refused_total counter");
+        for c in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "ils_session_refused_total{{reason=\"{}\"}} {}",
+                c.as_str(),
+                total.refused(c)
+            );
+        }
+    }
 }
 
 /// The session's timer: `tick` every [`TICK_INTERVAL`]; drops the session when it has ended
@@ -541,6 +591,9 @@ async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
     loop {
         every.tick().await;
         let Some(r) = room.upgrade() else { return };
+        if !app.ils.holds(&r) {
+            return; // replaced by an admin create: its counters were retired there
+        }
         let mut core = r.core.lock().await;
         let o = core.session.tick(r.now_ms());
         let gone = if core.session.is_ended() {
@@ -552,11 +605,13 @@ async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
             false
         };
         r.deliver(&app.ils.counters, o.out);
-        drop(core);
         if gone {
+            app.ils.retire(core.session.counters());
+            drop(core);
             app.ils.remove(&r.name, &r);
             return;
         }
+        drop(core);
     }
 }
 

@@ -456,6 +456,8 @@ async fn ils_session_over_ws_with_real_media() {
     assert!(m.contains("ils_ws_sockets_open 3"), "{m}");
     assert!(m.contains("ils_ws_refused_total{reason=\"unauthorized\"} 1"));
     assert!(m.contains("ils_ws_messages_in_total{type=\"react\"} 8"));
+    assert!(m.contains("ils_session_reactions_counted_total 8"), "{m}");
+    assert!(m.contains("ils_sessions 1"));
 
     // ---- the producer ends the session: everyone gets ended and a close ----
     let r = request(
