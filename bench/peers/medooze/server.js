@@ -171,8 +171,8 @@ function attachViewer(room, viewer) {
 			const transponder = outVideo.attachTo(inVideo);
 			// Encodings are keyed by rid; the offer's simulcast list is lowest first (q;h;f).
 			const rids = pub.rids.length ? pub.rids : inVideo.getEncodings().map((e) => e.id);
-			const rid = rids[Math.min(viewer.layer, rids.length - 1)];
-			if (rid !== undefined) transponder.selectEncoding(rid);
+			// Without simulcast there is one encoding and nothing to select.
+			if (rids.length > 1) transponder.selectEncoding(rids[Math.min(viewer.layer, rids.length - 1)]);
 		}
 	} catch (e) {
 		counters.attachErrors++;
@@ -227,7 +227,12 @@ function newTransport(offer, onGone) {
 	}
 	const transport = endpoint.createTransport(offer);
 	transports++;
-	transport.setRemoteProperties(offer);
+	try {
+		transport.setRemoteProperties(offer);
+	} catch (e) {
+		stopTransport(transport);
+		throw new HttpError(400, `offer's media not usable by Medooze (${e.message})`);
+	}
 	transport.once("icetimeout", () => {
 		counters.iceTimeouts++;
 		onGone();
@@ -261,6 +266,11 @@ function answerFor(offer, transport, caps) {
 		candidates: endpoint.getLocalCandidates(),
 		capabilities: caps,
 	});
+	for (const m of answer.getMedias()) {
+		if (m.getCodecs().size === 0) {
+			throw new HttpError(400, `offer's ${m.getType()} m-line has no codec this peer forwards (audio: Opus, video: VP8)`);
+		}
+	}
 	return answer;
 }
 
