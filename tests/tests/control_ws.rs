@@ -297,31 +297,7 @@ async fn ils_session_over_ws_with_real_media() {
     connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
     let hp = Arc::new(hp);
     let sending = Arc::new(AtomicBool::new(true));
-    let sender = {
-        let (hp, sending) = (Arc::clone(&hp), Arc::clone(&sending));
-        tokio::spawn(async move {
-            let mut seq = 0u16;
-            while sending.load(Ordering::Relaxed) {
-                for (pt, ssrc) in [(111u8, AUDIO_SSRC), (96, VIDEO_SSRC)] {
-                    let p = rtp::packet::Packet {
-                        header: rtp::header::Header {
-                            version: 2,
-                            payload_type: pt,
-                            sequence_number: seq,
-                            timestamp: u32::from(seq) * 960,
-                            ssrc,
-                            marker: pt == 96,
-                            ..Default::default()
-                        },
-                        payload: bytes::Bytes::from_static(&[0x90, 0x80, 0, 1, 2, 3, 4, 5]),
-                    };
-                    let _ = hp.send_rtp(&p).await;
-                }
-                seq = seq.wrapping_add(1);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&sending));
     let pinfo = prod
         .expect("participant", |v| {
             v["id"] == host_id && v["publishing"] == true
@@ -473,6 +449,133 @@ async fn ils_session_over_ws_with_real_media() {
     assert_eq!(code, 1000);
     assert!(reason.contains("ended"), "{reason}");
     sending.store(false, Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Sends 20 ms audio + video RTP from `peer` until `run` is cleared.
+fn spawn_sender(peer: Arc<TestPeer>, run: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seq = 0u16;
+        while run.load(Ordering::Relaxed) {
+            for (pt, ssrc) in [(111u8, AUDIO_SSRC), (96, VIDEO_SSRC)] {
+                let p = rtp::packet::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: u32::from(seq) * 960,
+                        ssrc,
+                        marker: pt == 96,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from_static(&[0x90, 0x80, 0, 1, 2, 3, 4, 5]),
+                };
+                let _ = peer.send_rtp(&p).await;
+            }
+            seq = seq.wrapping_add(1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Join with a receiving connection of one video and one audio slot.
+async fn subscribed(addr: SocketAddr, tok: &str, ufrag: &str) -> (Client, Value, TestPeer) {
+    let (mut c, w) = join(addr, tok).await;
+    let pwd = format!("{ufrag}password0123456789ab");
+    let mut p = TestPeer::new(ufrag, &pwd).expect("peer");
+    c.send(json!({"type": "subscribe", "sdp": subscriber_offer(&p, ufrag, &pwd), "video_slots": 1, "audio_slots": 1, "rid": "sub"}))
+        .await;
+    let a = c.expect("answer", |v| v["rid"] == "sub").await;
+    connect_peer(&mut p, a["sdp"].as_str().expect("sdp")).await;
+    (c, w, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invited_viewer_publishes_into_the_green_room_and_is_removed() {
+    let data = std::env::temp_dir().join(format!("ils-control-ws-invite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (_control, addr) = start_control(&data, SECRET);
+    let room = "town-hall";
+    let (mut prod, _, pp) = subscribed(
+        addr,
+        &token(room, Role::Producer, "prod", None),
+        "produfrag",
+    )
+    .await;
+    let (mut aud, _, ap) =
+        subscribed(addr, &token(room, Role::Viewer, "aud", None), "audiufrag").await;
+    let (mut guest, w) = join(addr, &token(room, Role::Viewer, "guest", None)).await;
+    let guest_id = w["you"]["id"].as_u64().expect("id");
+
+    // not invited yet: publishing is refused
+    let mut gp = TestPeer::new("guestufrag", "guestpassword0123456789a").expect("peer");
+    let offer = publisher_offer(&gp, "guestufrag", "guestpassword0123456789a");
+    guest
+        .send(json!({"type": "publish", "sdp": offer, "rid": "p0"}))
+        .await;
+    assert_eq!(
+        guest.expect("error", |v| v["rid"] == "p0").await["code"],
+        "not_allowed"
+    );
+    // the guest raises a hand; the producer sees it and invites
+    guest.send(json!({"type": "hand", "raised": true})).await;
+    prod.expect("hand", |v| {
+        v["participant"] == guest_id && v["raised"] == true
+    })
+    .await;
+    prod.send(json!({"type": "invite", "participant": guest_id, "rid": "i"}))
+        .await;
+    prod.expect("ack", |v| v["rid"] == "i").await;
+    guest.expect("invited", |_| true).await;
+    guest
+        .send(json!({"type": "publish", "sdp": offer, "rid": "p1"}))
+        .await;
+    let a = guest.expect("answer", |v| v["rid"] == "p1").await;
+    connect_peer(&mut gp, a["sdp"].as_str().expect("sdp")).await;
+    let gp = Arc::new(gp);
+    let run = Arc::new(AtomicBool::new(true));
+    let sender = spawn_sender(Arc::clone(&gp), Arc::clone(&run));
+
+    // green room: the producer sees and hears the guest, the audience does not
+    prod.expect("slots", |v| slot_participant(v, "video") == guest_id)
+        .await;
+    assert!(rtp_within(&pp, Duration::from_secs(2)).await > 20);
+    assert_eq!(
+        rtp_within(&ap, Duration::from_millis(1500)).await,
+        0,
+        "a viewer's media reaches the audience only from the stage"
+    );
+
+    // on stage: the audience gets it, in the slot it already has
+    prod.send(json!({"type": "move", "participant": guest_id, "to": "stage"}))
+        .await;
+    aud.expect("slots", |v| slot_participant(v, "video") == guest_id)
+        .await;
+    assert!(rtp_within(&ap, Duration::from_secs(2)).await > 20);
+
+    // removed: the guest is told why and closed; its media is gone everywhere
+    prod.send(json!({"type": "remove", "participant": guest_id, "reason": "thanks!"}))
+        .await;
+    let r = guest.expect("removed", |_| true).await;
+    assert_eq!(r["reason"], "thanks!");
+    let (code, reason) = guest.close_frame().await;
+    assert_eq!(code, 1000);
+    assert!(reason.contains("thanks!"), "{reason}");
+    aud.expect("slots", |v| slot_participant(v, "video") == Value::Null)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(&ap).await;
+    drain(&pp).await;
+    assert_eq!(rtp_within(&ap, Duration::from_secs(1)).await, 0);
+    assert_eq!(rtp_within(&pp, Duration::from_millis(500)).await, 0);
+    // and cannot come back with the same identity
+    let mut again = Client::connect(addr).await;
+    again
+        .send(json!({"type": "hello", "v": 1, "token": token(room, Role::Viewer, "guest", None)}))
+        .await;
+    assert_eq!(again.expect("error", |_| true).await["code"], "removed");
+    run.store(false, Ordering::Relaxed);
     let _ = sender.await;
     let _ = std::fs::remove_dir_all(&data);
 }
