@@ -514,6 +514,35 @@ impl Client {
         txn: &str,
         what: &'static str,
     ) -> Result<Reply, JanusError> {
+        let ev = self
+            .wait_for(session, handle, what, |ev| {
+                ev.kind == "event" && ev.transaction.as_deref() == Some(txn)
+            })
+            .await?;
+        if let Some(e) = ev.plugin.as_ref().and_then(|d| plugin_error(d, what)) {
+            return Err(e);
+        }
+        Ok(ev)
+    }
+
+    /// Long-poll `session` until Janus reports `webrtcup` for `handle`: DTLS is done on its
+    /// side and the plugin has set the PeerConnection up (a publisher's feed can be subscribed
+    /// to only from then on: earlier, `join` fails with 428 "No such feed").
+    pub async fn wait_webrtcup(&self, session: u64, handle: u64) -> Result<(), JanusError> {
+        self.wait_for(session, handle, "webrtcup", |ev| ev.kind == "webrtcup")
+            .await
+            .map(|_| ())
+    }
+
+    /// Long-poll `session` until an event from `handle` satisfies `want` (hangup, detach and
+    /// errors end the wait), within [`EVENT_TIMEOUT`]; other events are skipped.
+    async fn wait_for(
+        &self,
+        session: u64,
+        handle: u64,
+        what: &'static str,
+        want: impl Fn(&Reply) -> bool,
+    ) -> Result<Reply, JanusError> {
         let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
         let path = format!("{}/{session}?maxev={MAX_EVENTS_PER_POLL}", self.root);
         loop {
@@ -530,13 +559,10 @@ impl Client {
                 if ev.sender.is_some_and(|s| s != handle) {
                     continue;
                 }
+                if want(&ev) {
+                    return Ok(ev);
+                }
                 match ev.kind.as_str() {
-                    "event" if ev.transaction.as_deref() == Some(txn) => {
-                        if let Some(e) = ev.plugin.as_ref().and_then(|d| plugin_error(d, what)) {
-                            return Err(e);
-                        }
-                        return Ok(ev);
-                    }
                     "hangup" | "detached" => {
                         return Err(JanusError::Hangup {
                             what,
@@ -816,7 +842,12 @@ impl JanusRun {
             }
         };
         ice_ready(&prep, &neg).await?;
-        Ok(setup::establish(prep, neg, role, audio_ssrc).await?)
+        let ready = setup::establish(prep, neg, role, audio_ssrc).await?;
+        if matches!(role, Role::Publisher { .. }) {
+            // Viewers may subscribe only once Janus has set the publisher up.
+            c.wait_webrtcup(session, handle).await?;
+        }
+        Ok(ready)
     }
 
     /// Stop keepalives, destroy every endpoint session, the room and the admin session.
