@@ -360,7 +360,13 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     for _ in 0..hosts {
         let role = Role::Publisher { video };
         let r = match &janus {
-            Some(j) => rt.block_on(j.connect(role, rand::random()))?,
+            Some(j) => match rt.block_on(j.connect(role, rand::random())) {
+                Ok(r) => r,
+                Err(e) => {
+                    rt.block_on(j.finish());
+                    return Err(e.into());
+                }
+            },
             None => rt.block_on(setup::connect(&target, role, rand::random()))?,
         };
         if let Some(l) = &r.location {
