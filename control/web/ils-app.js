@@ -46,9 +46,11 @@ export async function join(role) {
   const { token, room, name } = await pageToken(role);
   const client = await IlsClient.connect("", token, { name });
   client.on("error", (e) => showError(e));
-  client.on("close", ({ code, reason }) => showError(`disconnected (${code}${reason ? ": " + reason : ""})`));
-  client.on("removed", ({ reason }) => showError(`removed from the session${reason ? ": " + reason : ""}`));
-  client.on("ended", ({ reason }) => showError(`the session ended${reason ? ": " + reason : ""}`));
+  // `removed` / `ended` come just before the server closes the socket: keep them on screen.
+  let final = false;
+  client.on("close", ({ code, reason }) => { if (!final) showError(`disconnected (${code}${reason ? ": " + reason : ""})`); });
+  client.on("removed", ({ reason }) => { final = true; showError(`removed from the session${reason ? ": " + reason : ""}`); });
+  client.on("ended", ({ reason }) => { final = true; showError(`the session ended${reason ? ": " + reason : ""}`); });
   return { client, room, name };
 }
 

@@ -67,7 +67,7 @@ const FIRST_MEDIA_TIMEOUT_MS = 30_000;
 /** After a move off stage: frames still allowed on the slot between +1 s and +3 s (in-flight). */
 const OFF_STAGE_MAX_FRAMES = 2;
 /** Reactions each viewer sends in the burst (per emoji, two emoji). */
-const REACTIONS_PER_VIEWER = 10;
+const REACTIONS_PER_VIEWER = 15; // 30 per viewer: over the per-participant burst (20), some are refused
 /** Pages of the app served from control/web (the fallback front server serves these from disk). */
 const APP_FILES = {
   "/": ["index.html", "text/html; charset=utf-8"],
@@ -467,7 +467,30 @@ class MockIls {
         }
         return ack();
       }
-      case "react": this.reactions[m.emoji] = (this.reactions[m.emoji] || 0) + 1; return ack();
+      case "react": {
+        // token bucket as docs/protocol.md: 10/s sustained, burst 20
+        const now = Date.now();
+        p.rb = Math.min(20, (p.rb ?? 20) + ((now - (p.rbAt || now)) / 1000) * 10);
+        p.rbAt = now;
+        if (p.rb < 1) return err("rate_limited", "reactions: 10/s, burst 20");
+        p.rb -= 1;
+        this.reactions[m.emoji] = (this.reactions[m.emoji] || 0) + 1;
+        return ack();
+      }
+      case "mute":
+        if (!admin) return err("not_allowed", "producers only");
+        if (!target) return err("not_found", "no such participant");
+        if (m.audio !== undefined) target.muted.audio = !!m.audio;
+        if (m.video !== undefined) target.muted.video = !!m.video;
+        target.ws.send({ type: "muted", ...target.muted });
+        this.announce(target, target.place);
+        return ack();
+      case "end":
+        if (!admin) return err("not_allowed", "producers only");
+        ack();
+        this.everyone({ type: "ended", reason: "ended by a producer" });
+        for (const q of this.ps.values()) q.ws.close();
+        return;
       case "hand":
         if (p.place !== "audience") return err("not_allowed", "hands are for the audience");
         p.hand = !!m.raised;
@@ -503,7 +526,7 @@ class MockIls {
       case "app":
         for (const q of this.ps.values()) if (m.to.all || q.role === m.to.role || q.id === m.to.participant) q.ws.send({ type: "app", from: p.id, data: m.data });
         return ack();
-      case "slot_size": case "trickle": case "mute": case "remove": case "end": case "poll_close": case "leave":
+      case "slot_size": case "trickle": case "remove": case "poll_close": case "leave":
         return ack();
       default:
         return err("bad_message", `unknown type ${m.type}`);
@@ -711,6 +734,12 @@ async function run(browser) {
   const leak = await Promise.all(viewers.map((v) => framesOf(v.page, hostId)));
   check("viewers get no media of a green-room host", leak.every((f) => f.frames === 0 && f.slots.length === 0),
     leak.map((f, i) => `viewer${i + 1}: slots ${JSON.stringify(f.slots)} frames ${f.frames}`).join("; "));
+  await host.page.click("#ready");
+  const readyShown = await until(() => producer.page.evaluate((id) => {
+    const li = document.querySelector(`#green li[data-participant="${id}"]`);
+    return !!li && li.textContent.includes("ready to go live");
+  }, hostId), 5_000, 100);
+  check("host's 'ready to go live' reaches the producer console (app message to producers)", readyShown);
   await screenshots(apps, "1-green-room");
 
   // ---- 2. the host goes live ----------------------------------------------------------------
@@ -724,6 +753,13 @@ async function run(browser) {
   need(`3 viewers decode the live host (>= ${MIN_FRAMES} frames each)`, hostFrames.every((x) => x.frames >= MIN_FRAMES),
     hostFrames.map((f, i) => `viewer${i + 1}: ${f.frames} frames, slots ${JSON.stringify(f.slots)}, ${f.w}px`).join("; "));
   await screenshots(apps, "2-host-live");
+  await producer.page.click(`#stage li[data-participant="${hostId}"] button.mute`);
+  const muted = await until(() => host.page.evaluate(() => window.ilsPage.pub.stream.getAudioTracks().every((t) => !t.enabled) && window.ilsPage.client.received.muted > 0), 5_000, 100);
+  const mutedListed = await until(() => producer.page.evaluate((id) => (window.ilsPage.client.participants.get(id) || { muted: {} }).muted.audio === true, hostId), 5_000, 100);
+  check("producer mutes the host's mic: the studio gets `muted` and disables the mic, the console lists it muted", muted && mutedListed, `studio ${muted}, console ${mutedListed}`);
+  await producer.page.click(`#stage li[data-participant="${hostId}"] button.mute`);
+  const unmuted = await until(() => host.page.evaluate(() => window.ilsPage.pub.stream.getAudioTracks().every((t) => t.enabled)), 5_000, 100);
+  check("producer unmutes the host again", unmuted);
 
   // ---- 3. raise hand → invite → green room → stage, no renegotiation ------------------------
   await v3.page.click("#hand");
@@ -856,6 +892,14 @@ async function run(browser) {
   writeFileSync(join(ARTIFACTS, "ils-final.json"), JSON.stringify({ negotiations: finalNeg }, null, 2));
   check("every viewer made exactly one offer/answer on its subscriber connection over the whole session",
     finalNeg.every((n) => n.offers === 1 && n.answers === 1), finalNeg.map((n) => `${n.offers}/${n.answers}`).join(" "));
+
+  // ---- 6. the producer ends the session ---------------------------------------------------------
+  producer.page.once("dialog", (d) => d.accept());
+  await producer.page.click("#end");
+  const ended = await until(async () => (await Promise.all(apps.map((a) => a.page.evaluate(() => window.ilsPage.client.received.ended || 0)))).every((n) => n > 0), 5_000, 100);
+  const endedText = await v1.page.textContent("#error");
+  check("'End session' ends it for every page (`ended`, shown on the page)", ended && /ended/.test(endedText || ""), JSON.stringify(endedText));
+  await screenshots([v1], "5-ended");
 }
 
 const watchdog = setTimeout(() => {
