@@ -638,6 +638,10 @@ fn spawn_handshake(
     tokio::spawn(async move {
         let res = app.dtls.accept(inbound, out_tx, fingerprint).await;
         let mut rooms = app.rooms.lock().await;
+        let ils_room = rooms
+            .session(&id)
+            .filter(|s| s.ils && res.is_err())
+            .map(|s| s.room.clone());
         let cmds = match res {
             Ok(keys) => {
                 app.counters.dtls_ok.fetch_add(1, Ordering::Relaxed);
@@ -653,8 +657,12 @@ fn spawn_handshake(
             app.apply(cmds);
             app.persist(&rooms);
         }
+        drop(rooms);
         if let Ok(mut d) = app.dtls_inbound.lock() {
             d.remove(&transport);
+        }
+        if let Some(room) = ils_room {
+            crate::ws::media_gone(&app, &room, &id).await;
         }
     });
 }
@@ -966,13 +974,21 @@ pub async fn run_events(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<LinkEvent
             }
             _ = tick.tick() => {
                 let mut rooms = app.rooms.lock().await;
+                let mut ils = Vec::new();
                 for id in rooms.expired(now_unix()) {
+                    if let Some(s) = rooms.session(&id).filter(|s| s.ils) {
+                        ils.push((s.room.clone(), id.clone()));
+                    }
                     if let Ok(cmds) = rooms.remove_session(&id) {
                         tracing::info!(session = %id, "never connected; removed");
                         app.apply(cmds);
                     }
                 }
                 app.persist(&rooms);
+                drop(rooms);
+                for (room, id) in ils {
+                    crate::ws::media_gone(&app, &room, &id).await;
+                }
             }
         }
     }
@@ -993,6 +1009,10 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
                 d.clear();
             }
             app.persist(&rooms);
+            drop(rooms);
+            for s in gone.iter().filter(|s| s.ils) {
+                crate::ws::media_gone(app, &s.room, &s.id).await;
+            }
         }
         LinkEvent::Event(owned) => {
             let Some(e) = owned.event() else { return };
@@ -1010,12 +1030,19 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
                 Event::ConsentLost { transport } => {
                     app.counters.consent_lost.fetch_add(1, Ordering::Relaxed);
                     let mut rooms = app.rooms.lock().await;
-                    if let Some(id) = rooms.by_transport(transport).map(|s| s.id.clone()) {
+                    let mut ils = None;
+                    if let Some(s) = rooms.by_transport(transport) {
+                        let id = s.id.clone();
+                        ils = s.ils.then(|| (s.room.clone(), id.clone()));
                         if let Ok(cmds) = rooms.remove_session(&id) {
                             tracing::info!(session = %id, "ICE consent lost; session removed");
                             app.apply(cmds);
                             app.persist(&rooms);
                         }
+                    }
+                    drop(rooms);
+                    if let Some((room, id)) = ils {
+                        crate::ws::media_gone(app, &room, &id).await;
                     }
                 }
                 Event::TrackStats {

@@ -728,6 +728,49 @@ async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) 
     }
 }
 
+/// Room session `id` of ILS session `room` was removed outside `/ws` (DTLS failed, ICE consent
+/// lost, never connected, engine restart): forget it, tell its participant to publish / subscribe
+/// again (`error{internal}`), and re-plan. Call without holding `App::rooms`.
+pub async fn media_gone(app: &Arc<App>, room: &str, id: &str) {
+    let Some(r) = app.ils.get(room) else { return };
+    let c = &app.ils.counters;
+    let mut core = r.core.lock().await;
+    let mut found = None;
+    for (pid, m) in core.media.iter_mut() {
+        if m.publisher.as_deref() == Some(id) {
+            m.publisher = None;
+            found = Some((*pid, true));
+            break;
+        }
+        if m.subscriber.as_ref().is_some_and(|s| s.id == id) {
+            m.subscriber = None;
+            found = Some((*pid, false));
+            break;
+        }
+    }
+    let Some((pid, publisher)) = found else {
+        return;
+    };
+    let o = if publisher {
+        core.session.set_publishing(r.now_ms(), pid, false)
+    } else {
+        Outcome::default()
+    };
+    drop(core);
+    let what = if publisher {
+        "publishing connection was lost (DTLS, ICE consent or a media engine restart): publish again"
+    } else {
+        "receiving connection was lost (DTLS, ICE consent or a media engine restart): subscribe again"
+    };
+    c.count_refused(ErrorCode::Internal);
+    r.send_msg(
+        c,
+        pid,
+        ServerMsg::error(ErrorCode::Internal, format!("your {what}"), None),
+    );
+    run_outcome(app, &r, o).await;
+}
+
 /// Remove a participant's PeerConnections from the rooms (engine legs, tracks, transports).
 async fn drop_media(app: &Arc<App>, m: Option<PMedia>) {
     let Some(m) = m else { return };

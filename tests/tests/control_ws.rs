@@ -579,3 +579,50 @@ async fn invited_viewer_publishes_into_the_green_room_and_is_removed() {
     let _ = sender.await;
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dtls_handshake_is_reported_on_the_socket() {
+    let data = std::env::temp_dir().join(format!("ils-control-ws-dtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (_control, addr) = start_control(&data, SECRET);
+    let (mut v, _) = join(addr, &token("r", Role::Viewer, "v", None)).await;
+    let mut p = TestPeer::new("badfufrag", "badfpassword0123456789ab").expect("peer");
+    // an offer whose fingerprint is not the peer's certificate: the server's DTLS check fails
+    let real = p.certificate_fingerprint();
+    let fake: String = real
+        .chars()
+        .map(|c| {
+            if c == ':' {
+                ':'
+            } else if c == 'A' {
+                'B'
+            } else {
+                'A'
+            }
+        })
+        .collect();
+    let offer = subscriber_offer(&p, "badfufrag", "badfpassword0123456789ab").replace(&real, &fake);
+    v.send(
+        json!({"type": "subscribe", "sdp": offer, "video_slots": 1, "audio_slots": 1, "rid": "s"}),
+    )
+    .await;
+    let a = v.expect("answer", |x| x["rid"] == "s").await;
+    let sdp = a["sdp"].as_str().expect("sdp").to_string();
+    let _ = p
+        .connect(
+            candidate(&sdp),
+            &attr(&sdp, "ice-ufrag"),
+            &attr(&sdp, "ice-pwd"),
+        )
+        .await;
+    let e = v
+        .expect("error", |x| {
+            x["code"] == "internal"
+                && x["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("subscribe again"))
+        })
+        .await;
+    assert!(e.get("rid").is_none(), "{e}");
+    let _ = std::fs::remove_dir_all(&data);
+}
