@@ -1497,6 +1497,78 @@ mod tests {
         );
     }
 
+    /// A scripted Janus: answers each connection with the next canned (status, body) as a
+    /// chunked HTTP/1.1 response, like libmicrohttpd does. Returns the URL.
+    async fn fake_janus(script: Vec<(u16, String)>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/janus", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            for (status, body) in script {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn client_against_a_scripted_janus() {
+        let url = fake_janus(vec![
+            (200, r#"{"janus":"success","transaction":"a","data":{"id":11}}"#.into()),
+            (200, r#"{"janus":"success","transaction":"b","data":{"id":22}}"#.into()),
+            // Long-poll: an unrelated handle's event, a webrtcup, then ours with an error.
+            (
+                200,
+                r#"[{"janus":"event","sender":99,"transaction":"t"},{"janus":"webrtcup","sender":22}]"#
+                    .into(),
+            ),
+            (
+                200,
+                r#"[{"janus":"event","sender":22,"transaction":"t","plugindata":{"plugin":"janus.plugin.videoroom","data":{"videoroom":"event","error_code":428,"error":"No such feed (5)"}}}]"#
+                    .into(),
+            ),
+            (404, "Not found".into()),
+            (200, r#"{"janus":"hangup","sender":22,"reason":"DTLS alert"}"#.into()),
+        ])
+        .await;
+        let c = Client::new(&url).unwrap();
+        assert_eq!(c.create_session().await.unwrap(), 11);
+        assert_eq!(c.attach(11).await.unwrap(), 22);
+        match c.wait_event(11, 22, "t", "subscriber join").await {
+            Err(JanusError::Plugin {
+                code: 428, reason, ..
+            }) => {
+                assert!(reason.contains("No such feed"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.keepalive(11).await,
+            Err(JanusError::Status { status: 404, .. })
+        ));
+        assert!(matches!(
+            c.wait_webrtcup(11, 22).await,
+            Err(JanusError::Hangup { .. })
+        ));
+        // Nothing listens: the error says how to start Janus.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let c = Client::new(&format!("http://127.0.0.1:{port}/janus")).unwrap();
+        let e = c.info().await.unwrap_err();
+        assert!(matches!(e, JanusError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("bench/peers/janus/start.sh"), "{e}");
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_json_text_never_panics(s in ".{0,400}") {
