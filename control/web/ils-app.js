@@ -61,13 +61,49 @@ export function nameOf(c, id) {
 }
 
 /**
+ * Slot size for a tile of `px` device pixels wide (the simulcast layers are 1/4, 1/2 and full
+ * 1280-pixel width).
+ * @param {number} px
+ * @returns {"thumbnail"|"medium"|"full"}
+ */
+export function sizeForWidth(px) {
+  return px > 640 ? "full" : px > 320 ? "medium" : "thumbnail";
+}
+
+/** Wait after a resize or re-layout before asking for new slot sizes. */
+export const SLOT_SIZE_DEBOUNCE_MS = 250;
+
+/**
  * Keeps a grid of <video> tiles, one per participant mapped into the subscription's slots.
  * Tiles are reused across `slots` events, so unchanged participants keep playing.
- * Applies a pushed layout ({mode:"grid"} or {mode:"spotlight", participant}).
+ * Applies a pushed layout ({mode:"grid"} or {mode:"spotlight", participant}). With `autoSize`
+ * (default) it asks the server for each video slot's size from its tile's rendered width
+ * (`slot_size`, only when it changes), so the server forwards the simulcast layer that fits.
  * @param {IlsClient} client
  * @param {HTMLElement} grid
+ * @param {{autoSize?:boolean}} [opts]
  */
-export function videoGrid(client, grid) {
+export function videoGrid(client, grid, opts = {}) {
+  const autoSize = opts.autoSize !== false;
+  /** @type {any} */
+  let sizeTimer = null;
+  function scheduleSizes() {
+    if (!autoSize) return;
+    clearTimeout(sizeTimer);
+    sizeTimer = setTimeout(sendSizes, SLOT_SIZE_DEBOUNCE_MS);
+  }
+  function sendSizes() {
+    const sub = client.subscription;
+    if (!sub || client.closed) return;
+    for (const [id, t] of tiles) {
+      const want = sizeForWidth(t.fig.clientWidth * (globalThis.devicePixelRatio || 1));
+      for (const s of sub.slotsOf(id)) {
+        if (s.kind !== "video" || s.size === want) continue;
+        client.setSlotSize(s.slot, want).catch(showError);
+      }
+    }
+  }
+  if (autoSize && typeof ResizeObserver === "function") new ResizeObserver(scheduleSizes).observe(grid);
   /** @type {Map<string, {fig:HTMLElement, video:HTMLVideoElement, stream:MediaStream|null}>} */
   const tiles = new Map();
   function render() {
@@ -99,6 +135,7 @@ export function videoGrid(client, grid) {
       if (cap) cap.textContent = nameOf(client, id);
     }
     applyLayout(client.layout);
+    scheduleSizes();
   }
   /** @param {any} layout */
   function applyLayout(layout) {

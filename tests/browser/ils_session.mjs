@@ -340,7 +340,7 @@ class MockIls {
     try { claims = JSON.parse(Buffer.from(hello.token, "base64url").toString()); } catch { /* */ }
     const role = claims.role || "viewer";
     const p = { id: this.nextId++, name: hello.name || claims.name, role, place: { host: "green_room", producer: "backstage" }[role] || "audience",
-      muted: { audio: false, video: false }, publishing: false, ws, hand: false, sub: null, vmap: [], amap: [] };
+      muted: { audio: false, video: false }, publishing: false, ws, hand: false, sub: null, vmap: [], amap: [], sizes: {} };
     this.ps.set(p.id, p);
     const all = [...this.ps.values()];
     ws.send({ type: "welcome", v: 1, rid: hello.rid,
@@ -418,7 +418,8 @@ class MockIls {
       }
       if (changed || !q.sub.announced) {
         q.sub.announced = true;
-        q.ws.send({ type: "slots", mapping: [...q.vmap.map((p, slot) => ({ slot, participant: p, kind: "video", layer: p ? "f" : null })),
+        const rid = (slot) => ({ thumbnail: "q", medium: "h", full: "f" })[q.sizes[slot] || "full"];
+        q.ws.send({ type: "slots", mapping: [...q.vmap.map((p, slot) => ({ slot, participant: p, kind: "video", layer: p ? rid(slot) : null })),
           ...q.amap.map((p, slot) => ({ slot, participant: p, kind: "audio", layer: null }))] });
       }
     }
@@ -526,7 +527,12 @@ class MockIls {
       case "app":
         for (const q of this.ps.values()) if (m.to.all || q.role === m.to.role || q.id === m.to.participant) q.ws.send({ type: "app", from: p.id, data: m.data });
         return ack();
-      case "slot_size": case "trickle": case "remove": case "poll_close": case "leave":
+      case "slot_size": // the mock forwards what it has; it only reports the layer a size would pick
+        p.sizes[m.slot] = m.size;
+        if (p.sub) p.sub.announced = false;
+        this.remap();
+        return ack();
+      case "trickle": case "remove": case "poll_close": case "leave":
         return ack();
       default:
         return err("bad_message", `unknown type ${m.type}`);
@@ -886,6 +892,20 @@ async function run(browser) {
   await sleep(300);
   const dirs = await Promise.all([v1, v2].map((v) => v.page.evaluate(() => getComputedStyle(document.getElementById("grid")).flexDirection)));
   check("viewer grid: side by side in landscape, stacked in portrait", dirs[0] === "row" && dirs[1] === "column", `landscape ${dirs[0]}, portrait ${dirs[1]}`);
+  const layerOf = (page) => page.evaluate((pid) => {
+    const s = window.ilsPage.sub.slotsOf(pid).find((x) => x.kind === "video");
+    return s ? { slot: s.slot, size: s.size, layer: s.layer } : null;
+  }, hostId);
+  const want = [["full", "f"], ["medium", "h"]];
+  const layers = await until(async () => {
+    const l = await Promise.all([v1, v2].map((v) => layerOf(v.page)));
+    return l.every((x, i) => x && x.size === want[i][0] && x.layer === want[i][1]) ? l : null;
+  }, 5_000, 200) || (await Promise.all([v1, v2].map((v) => layerOf(v.page))));
+  await sleep(2000);
+  const widths = await Promise.all([v1, v2].map((v) => framesOf(v.page, hostId)));
+  check("slot sizes follow the tiles: spotlight tile asks 'full' (layer f), portrait tile 'medium' (layer h)",
+    layers.every((x, i) => x && x.size === want[i][0] && x.layer === want[i][1]),
+    layers.map((x, i) => `viewer${i + 1}: ${JSON.stringify(x)}, decoding ${widths[i].w}px wide`).join("; "));
   await screenshots(apps, "4-end");
 
   const finalNeg = await Promise.all(viewers.map((v) => negotiationsOf(v.page)));
