@@ -534,7 +534,12 @@ pub async fn create_media_session(
 ) -> Result<CreatedMedia, MediaRefusal> {
     let room = room.to_string();
     let mut rooms = app.rooms.lock().await;
-    let alloc = match rooms.allocate(&room, kind, &|b| ring_fill(b)) {
+    let allocated = if ils {
+        rooms.allocate_ils(&room, kind, &|b| ring_fill(b))
+    } else {
+        rooms.allocate(&room, kind, &|b| ring_fill(b))
+    };
+    let alloc = match allocated {
         Ok(a) => a,
         Err(e) => {
             app.counters

@@ -24,6 +24,10 @@ pub const MAX_SESSIONS_PER_ROOM: usize = 10_000;
 pub const MAX_ROOMS: usize = 10_000;
 /// Publishers per room (the stage). More are refused with 409.
 pub const MAX_PUBLISHERS_PER_ROOM: usize = 25;
+/// Publishers per room created through `/ws` (stage + green room + producers' talkback; the
+/// session core bounds each place: 25 + 50 + 16 by default). Default 100; more are refused with
+/// 409. Bounds the tracks one ILS room can add to every shard.
+pub const MAX_ILS_PUBLISHERS_PER_ROOM: usize = 100;
 /// Sessions whose DTLS handshake has not finished, per process (RELIABILITY D5): offers that
 /// never connect cannot pile up; the oldest is reaped after `CONNECT_TIMEOUT_SECS`.
 pub const MAX_PENDING_SESSIONS: usize = 1_000;
@@ -493,6 +497,28 @@ impl Rooms {
         kind: SessionKind,
         rand_bytes: &dyn Fn(&mut [u8]),
     ) -> Result<Allocation, RoomError> {
+        self.allocate_with_limit(room, kind, rand_bytes, MAX_PUBLISHERS_PER_ROOM)
+    }
+
+    /// [`Rooms::allocate`] for an ILS (`/ws`) session: publishers are bounded by
+    /// [`MAX_ILS_PUBLISHERS_PER_ROOM`] (green room and producers publish too), not by the
+    /// WHIP stage size.
+    pub fn allocate_ils(
+        &mut self,
+        room: &str,
+        kind: SessionKind,
+        rand_bytes: &dyn Fn(&mut [u8]),
+    ) -> Result<Allocation, RoomError> {
+        self.allocate_with_limit(room, kind, rand_bytes, MAX_ILS_PUBLISHERS_PER_ROOM)
+    }
+
+    fn allocate_with_limit(
+        &mut self,
+        room: &str,
+        kind: SessionKind,
+        rand_bytes: &dyn Fn(&mut [u8]),
+        max_publishers: usize,
+    ) -> Result<Allocation, RoomError> {
         let room_sessions = self.sessions.values().filter(|s| s.room == room).count();
         if room_sessions == 0 && self.rooms().len() >= MAX_ROOMS {
             return Err(RoomError::Capacity("too many rooms"));
@@ -506,7 +532,7 @@ impl Rooms {
                 .values()
                 .filter(|s| s.room == room && s.kind == SessionKind::Publisher)
                 .count();
-            if pubs >= MAX_PUBLISHERS_PER_ROOM {
+            if pubs >= max_publishers {
                 return Err(RoomError::StageFull);
             }
         }
@@ -1455,6 +1481,18 @@ mod tests {
             RoomError::StageFull
         );
         assert!(r.allocate("a", SessionKind::Viewer, &rnd(99)).is_ok());
+        // an ILS room's green room and producers publish too: its own, larger bound
+        assert!(r
+            .allocate_ils("a", SessionKind::Publisher, &rnd(99))
+            .is_ok());
+        for i in MAX_PUBLISHERS_PER_ROOM..MAX_ILS_PUBLISHERS_PER_ROOM {
+            join_ils(&mut r, "a", SessionKind::Publisher, i as u8);
+        }
+        assert_eq!(
+            r.allocate_ils("a", SessionKind::Publisher, &rnd(99))
+                .unwrap_err(),
+            RoomError::StageFull
+        );
     }
 
     #[test]
@@ -1596,7 +1634,7 @@ mod tests {
 
     /// An ILS session: created like WHIP/WHEP, then marked before it connects.
     fn join_ils(r: &mut Rooms, room: &str, kind: SessionKind, seed: u8) -> String {
-        let a = r.allocate(room, kind, &rnd(seed)).expect("capacity");
+        let a = r.allocate_ils(room, kind, &rnd(seed)).expect("capacity");
         let m = match kind {
             SessionKind::Publisher => vec![
                 media("0", Kind::Audio, "opus", 111, &[], None),
