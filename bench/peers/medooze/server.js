@@ -24,6 +24,12 @@ const MEDIA_IP = process.env.MEDOOZE_MEDIA_IP || "127.0.0.1";
  *  load tool offers GCM first). Medooze's own default string uses ';' separators, which OpenSSL
  *  rejects, so without this it only ever negotiates AES_CM_128_HMAC_SHA1_80. */
 const SRTP_PROFILES = process.env.MEDOOZE_SRTP_PROFILES || "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80";
+/** Override of Medooze's wait for a missing incoming packet before forwarding the ones behind
+ *  it, ms. Default 0: forward at once, as ils does. Medooze's own default waits max(200 ms,
+ *  3 x RTT) up to 750 ms (1 s before an RTT is known) for an RTX that the load tool's publisher
+ *  never sends (it counts NACKs, it does not retransmit), so one lost incoming packet stalls
+ *  the layer for up to 1 s. MEDOOZE_MAX_WAIT_MS=default keeps Medooze's behaviour. */
+const MAX_WAIT_MS = parseMaxWait(process.env.MEDOOZE_MAX_WAIT_MS ?? "0");
 /** Default video layer for viewers without `?layer=`: 1 = middle of q/h/f (what ils's `ils`
  *  scenario views); MEDOOZE_DEFAULT_LAYER=0|1|2 overrides it. */
 const DEFAULT_LAYER = parseLayer(process.env.MEDOOZE_DEFAULT_LAYER ?? "1");
@@ -88,6 +94,17 @@ const VIEW_CAPS = {
 		extensions: [URI_ABS_SEND_TIME, URI_TWCC, URI_MID],
 	},
 };
+
+/** "default" -> null (no override), "N" (0..5000) -> N; exits on anything else. */
+function parseMaxWait(v) {
+	if (v === "default") return null;
+	const n = Number(v);
+	if (!Number.isInteger(n) || n < 0 || n > 5000) {
+		console.error(`MEDOOZE_MAX_WAIT_MS must be 0..5000 or "default", got ${JSON.stringify(v)}`);
+		process.exit(2);
+	}
+	return n;
+}
 
 /** "0" | "1" | "2" -> number, anything else -> null. */
 function parseLayer(v) {
@@ -295,6 +312,7 @@ function publish(roomName, body) {
 			throw new HttpError(400, `offer must carry exactly one msid stream, got ${infos.length}`);
 		}
 		const stream = transport.createIncomingStream(infos[0]);
+		if (MAX_WAIT_MS !== null) for (const t of stream.getTracks()) t.setMaxWaitTime(MAX_WAIT_MS);
 		let rids = [];
 		const sim = video && video.getSimulcast();
 		if (sim) {
