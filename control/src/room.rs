@@ -28,6 +28,10 @@ pub const MAX_PUBLISHERS_PER_ROOM: usize = 25;
 /// session core bounds each place: 25 + 50 + 16 by default). Default 100; more are refused with
 /// 409. Bounds the tracks one ILS room can add to every shard.
 pub const MAX_ILS_PUBLISHERS_PER_ROOM: usize = 100;
+/// Sessions per room created through `/ws`: an ILS audience is far larger than a WHEP room.
+/// Default 200 000 (the session core's participant limit, one receiving connection each);
+/// a full room answers `limit_reached`. Memory: ≈ 2 KiB per session → ≈ 400 MiB at the limit.
+pub const MAX_ILS_SESSIONS_PER_ROOM: usize = 200_000;
 /// Sessions whose DTLS handshake has not finished, per process (RELIABILITY D5): offers that
 /// never connect cannot pile up; the oldest is reaped after `CONNECT_TIMEOUT_SECS`.
 pub const MAX_PENDING_SESSIONS: usize = 1_000;
@@ -375,6 +379,13 @@ pub struct Rooms {
     /// Active simulcast layers per publisher track, as last reported by the engine.
     #[serde(skip)]
     layers_active: HashMap<u32, u8>,
+    /// Per room: (sessions, publishers), kept with every insert/remove so that admission is
+    /// O(1) however many sessions a room has (an ILS audience: 100 000).
+    #[serde(skip)]
+    counts: HashMap<String, (usize, usize)>,
+    /// Sessions in [`SessionState::Connecting`].
+    #[serde(skip)]
+    pending: usize,
 }
 
 fn ext_pairs(e: &crate::sdp::ExtIds) -> Vec<(String, u8)> {
@@ -431,6 +442,24 @@ impl Rooms {
             },
             shard_load: vec![0; shards.max(1)],
             layers_active: HashMap::new(),
+            counts: HashMap::new(),
+            pending: 0,
+        }
+    }
+
+    /// Recompute [`Rooms::counts`] and [`Rooms::pending`] from the sessions.
+    fn recount(&mut self) {
+        self.counts.clear();
+        self.pending = 0;
+        for s in self.sessions.values() {
+            let e = self.counts.entry(s.room.clone()).or_default();
+            e.0 += 1;
+            if s.kind == SessionKind::Publisher {
+                e.1 += 1;
+            }
+            if s.state == SessionState::Connecting {
+                self.pending += 1;
+            }
         }
     }
 
@@ -457,6 +486,7 @@ impl Rooms {
                 *l += 1;
             }
         }
+        r.recount();
         (r, cmds)
     }
 
@@ -497,7 +527,13 @@ impl Rooms {
         kind: SessionKind,
         rand_bytes: &dyn Fn(&mut [u8]),
     ) -> Result<Allocation, RoomError> {
-        self.allocate_with_limit(room, kind, rand_bytes, MAX_PUBLISHERS_PER_ROOM)
+        self.allocate_with_limit(
+            room,
+            kind,
+            rand_bytes,
+            MAX_SESSIONS_PER_ROOM,
+            MAX_PUBLISHERS_PER_ROOM,
+        )
     }
 
     /// [`Rooms::allocate`] for an ILS (`/ws`) session: publishers are bounded by
@@ -509,7 +545,13 @@ impl Rooms {
         kind: SessionKind,
         rand_bytes: &dyn Fn(&mut [u8]),
     ) -> Result<Allocation, RoomError> {
-        self.allocate_with_limit(room, kind, rand_bytes, MAX_ILS_PUBLISHERS_PER_ROOM)
+        self.allocate_with_limit(
+            room,
+            kind,
+            rand_bytes,
+            MAX_ILS_SESSIONS_PER_ROOM,
+            MAX_ILS_PUBLISHERS_PER_ROOM,
+        )
     }
 
     fn allocate_with_limit(
@@ -517,31 +559,20 @@ impl Rooms {
         room: &str,
         kind: SessionKind,
         rand_bytes: &dyn Fn(&mut [u8]),
+        max_sessions: usize,
         max_publishers: usize,
     ) -> Result<Allocation, RoomError> {
-        let room_sessions = self.sessions.values().filter(|s| s.room == room).count();
-        if room_sessions == 0 && self.rooms().len() >= MAX_ROOMS {
+        let (room_sessions, pubs) = self.counts.get(room).copied().unwrap_or((0, 0));
+        if room_sessions == 0 && self.counts.len() >= MAX_ROOMS {
             return Err(RoomError::Capacity("too many rooms"));
         }
-        if room_sessions >= MAX_SESSIONS_PER_ROOM {
+        if room_sessions >= max_sessions {
             return Err(RoomError::Capacity("room is full"));
         }
-        if kind == SessionKind::Publisher {
-            let pubs = self
-                .sessions
-                .values()
-                .filter(|s| s.room == room && s.kind == SessionKind::Publisher)
-                .count();
-            if pubs >= max_publishers {
-                return Err(RoomError::StageFull);
-            }
+        if kind == SessionKind::Publisher && pubs >= max_publishers {
+            return Err(RoomError::StageFull);
         }
-        let pending = self
-            .sessions
-            .values()
-            .filter(|s| s.state == SessionState::Connecting)
-            .count();
-        if pending >= MAX_PENDING_SESSIONS {
+        if self.pending >= MAX_PENDING_SESSIONS {
             return Err(RoomError::Capacity("too many sessions connecting"));
         }
         let shard = self
@@ -682,7 +713,17 @@ impl Rooms {
         if let Some(l) = self.shard_load.get_mut(a.shard) {
             *l += 1;
         }
-        self.sessions.insert(a.id.clone(), s);
+        if self.sessions.insert(a.id.clone(), s).is_some() {
+            // A repeated id (broken RNG) replaced a session: recount instead of adding.
+            self.recount();
+        } else {
+            let e = self.counts.entry(room.to_string()).or_default();
+            e.0 += 1;
+            if kind == SessionKind::Publisher {
+                e.1 += 1;
+            }
+            self.pending += 1;
+        }
         vec![EngineCmd::AddTransport {
             shard: a.shard,
             transport: a.transport,
@@ -1050,6 +1091,9 @@ impl Rooms {
         keys: SrtpKeys,
     ) -> Result<Vec<EngineCmd>, RoomError> {
         let s = self.sessions.get_mut(id).ok_or(RoomError::UnknownSession)?;
+        if s.state == SessionState::Connecting {
+            self.pending = self.pending.saturating_sub(1);
+        }
         s.state = SessionState::Connected;
         let s = s.clone();
         let mut cmds = vec![EngineCmd::InstallSrtp {
@@ -1136,6 +1180,18 @@ impl Rooms {
         if let Some(l) = self.shard_load.get_mut(s.shard) {
             *l = l.saturating_sub(1);
         }
+        if s.state == SessionState::Connecting {
+            self.pending = self.pending.saturating_sub(1);
+        }
+        if let Some(e) = self.counts.get_mut(&s.room) {
+            e.0 = e.0.saturating_sub(1);
+            if s.kind == SessionKind::Publisher {
+                e.1 = e.1.saturating_sub(1);
+            }
+            if e.0 == 0 {
+                self.counts.remove(&s.room);
+            }
+        }
         let mut cmds = Vec::new();
         let mut refeed = Vec::new();
         if s.kind == SessionKind::Publisher {
@@ -1192,6 +1248,7 @@ impl Rooms {
     pub fn handle_engine_restart(&mut self) -> Vec<Session> {
         let gone: Vec<Session> = std::mem::take(&mut self.sessions).into_values().collect();
         self.shard_load.iter_mut().for_each(|l| *l = 0);
+        self.recount();
         gone
     }
 
@@ -1782,6 +1839,39 @@ mod tests {
         let t: Vec<u32> = r.sessions().map(|s| s.transport).collect();
         let (back, _) = Rooms::restore(&r.to_json(), 1, &t);
         assert_eq!(back.session(&sub), r.session(&sub));
+    }
+
+    #[test]
+    fn admission_counts_follow_every_change() {
+        fn exact(r: &Rooms) {
+            let mut fresh = Rooms::new(1);
+            fresh.sessions = r.sessions.clone();
+            fresh.recount();
+            assert_eq!(r.counts, fresh.counts);
+            assert_eq!(r.pending, fresh.pending);
+        }
+        let mut r = Rooms::new(2);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 10);
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 10);
+        let s = join_ils(&mut r, "b", SessionKind::Viewer, 3);
+        exact(&r);
+        assert_eq!(r.counts.get("a"), Some(&(2, 1)));
+        assert_eq!(r.pending, 3);
+        r.handle_connected(&p, keys()).expect("known");
+        r.handle_connected(&p, keys())
+            .expect("again: no double decrement");
+        exact(&r);
+        r.remove_session(&v).expect("known");
+        r.remove_session(&s).expect("known");
+        exact(&r);
+        assert_eq!(r.counts.get("b"), None, "empty rooms are forgotten");
+        let t = r.session(&p).expect("p").transport;
+        let (back, _) = Rooms::restore(&r.to_json(), 2, &[t]);
+        exact(&back);
+        assert_eq!(back.counts.get("a"), Some(&(1, 1)));
+        r.handle_engine_restart();
+        exact(&r);
+        assert!(r.counts.is_empty());
     }
 
     #[test]
