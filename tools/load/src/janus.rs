@@ -807,16 +807,7 @@ impl JanusRun {
                     kind: "answer".into(),
                     sdp: answer,
                 };
-                let (_, txn) = c
-                    .message(
-                        session,
-                        handle,
-                        json!({"request": "start"}),
-                        Some(&jsep),
-                        "start",
-                    )
-                    .await?;
-                c.wait_event(session, handle, &txn, "start").await?;
+                // Before `start`, so no packet of another layer is sent first.
                 if let (true, Some(sub)) = (video, self.substream) {
                     if let Some(v) = parsed.media_of("video") {
                         let (_, txn) = c
@@ -833,6 +824,16 @@ impl JanusRun {
                             .await?;
                     }
                 }
+                let (_, txn) = c
+                    .message(
+                        session,
+                        handle,
+                        json!({"request": "start"}),
+                        Some(&jsep),
+                        "start",
+                    )
+                    .await?;
+                c.wait_event(session, handle, &txn, "start").await?;
                 Negotiated {
                     answer: parsed,
                     location: None,
