@@ -490,9 +490,26 @@ impl Rooms {
         (r, cmds)
     }
 
-    /// Serialize for persistence.
+    /// Serialize for persistence. ILS (`/ws`) sessions are left out: their session state and
+    /// sockets die with the process, so a restarted control must not keep their media (the
+    /// engine transports nobody knows are removed at start-up); and a 100 000-viewer audience
+    /// must not make every persist serialize 100 000 sessions.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        #[derive(Serialize)]
+        struct Persisted<'a> {
+            sessions: BTreeMap<&'a str, &'a Session>,
+            ids: &'a IdCounters,
+        }
+        let view = Persisted {
+            sessions: self
+                .sessions
+                .iter()
+                .filter(|(_, s)| !s.ils)
+                .map(|(k, v)| (k.as_str(), v))
+                .collect(),
+            ids: &self.ids,
+        };
+        serde_json::to_string(&view).unwrap_or_default()
     }
 
     /// All sessions.
@@ -873,13 +890,20 @@ impl Rooms {
             else {
                 continue;
             };
-            let spec = self.leg_for(&v, slot, &feeder);
+            // Start at the highest layer the publisher is known to send (upgrades after that
+            // come from `handle_track_layers`, which only acts when the count changes).
+            let mut slot = slot.clone();
+            if let Some(n) = self.layers_active.get(&feeder.track) {
+                slot.layer = slot.layer.max(n.saturating_sub(1).min(2));
+            }
+            let spec = self.leg_for(&v, &slot, &feeder);
             if let Some(s) = self
                 .sessions
                 .get_mut(viewer_id)
                 .and_then(|s| s.media.get_mut(i))
             {
                 s.leg = Some((spec.leg, spec.track));
+                s.layer = slot.layer;
             }
             taken.push(spec.track);
             cmds.push(EngineCmd::AddLeg {
@@ -1132,7 +1156,11 @@ impl Rooms {
     /// layer not above it, up or down as layers appear and disappear.
     pub fn handle_track_layers(&mut self, track: u32, layers_active: u8) -> Vec<EngineCmd> {
         let mut cmds = Vec::new();
-        self.layers_active.insert(track, layers_active);
+        if self.layers_active.insert(track, layers_active) == Some(layers_active) {
+            // Unchanged (the engine reports every interval): legs added since then already
+            // started at this layer; nothing to walk (100 000 ILS viewers × slots).
+            return cmds;
+        }
         let top = layers_active.saturating_sub(1).min(2);
         for v in self.sessions.values_mut().filter(|v| v.ils) {
             for slot in &mut v.media {
@@ -1524,6 +1552,10 @@ mod tests {
             r.handle_track_layers(video.track, 3).is_empty(),
             "only once"
         );
+        // a viewer arriving now starts at the known top layer (no report needed)
+        let (v2, _) = join(&mut r, "a", SessionKind::Viewer, 3, 12);
+        let l2 = legs(&r.handle_connected(&v2, keys()).expect("known"));
+        assert!(l2.iter().any(|l| l.track == video.track && l.layer == 2));
     }
 
     #[test]
@@ -1835,10 +1867,11 @@ mod tests {
             .media
             .iter()
             .all(|m| m.pin.as_deref() != Some(host.as_str())));
-        // survives persistence
+        // ILS sessions are not persisted (they die with the process); WHIP ones are
         let t: Vec<u32> = r.sessions().map(|s| s.transport).collect();
         let (back, _) = Rooms::restore(&r.to_json(), 1, &t);
-        assert_eq!(back.session(&sub), r.session(&sub));
+        assert!(back.session(&sub).is_none());
+        assert_eq!(back.session(&whip), r.session(&whip));
     }
 
     #[test]
