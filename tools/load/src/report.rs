@@ -331,11 +331,19 @@ pub fn ramp_svg(
     Ok(())
 }
 
+/// One ramp plot: file name, title, y axis, metric.
+type Plot = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&RampRow) -> Option<f64>,
+);
+
 /// The ramp plots of `bench/run`: pps-vs-viewers.svg, cpu-vs-viewers.svg,
 /// p99-vs-viewers.svg in `dir`. Returns the paths written.
 pub fn ramp_plots(dir: &Path, rows: &[RampRow]) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let plots: [(&str, &str, &str, fn(&RampRow) -> Option<f64>); 3] = [
+    let plots: [Plot; 3] = [
         (
             "pps-vs-viewers.svg",
             "Packets/s delivered to viewers",
