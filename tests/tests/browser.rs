@@ -134,3 +134,54 @@ fn browser_harness_self_test_with_mock_server() {
     let artifacts = browser_dir().join("artifacts-mock");
     run_harness(&["--mock"], &[("ILS_ARTIFACTS", artifacts.as_path())]);
 }
+
+/// Issue 5, Proof: the ILS session scenario (`tests/browser/ils_session.mjs`) against the real
+/// ils-control `/ws` and web app: a host goes live from the green room, 3 viewers decode it, a
+/// viewer raises a hand and is brought to stage and every other viewer decodes them within 1 s
+/// with no new offer/answer on their connections, moved back their media stops, chat, a poll,
+/// an aggregated reaction burst, mute, layout push, end; screenshots of every page in
+/// tests/browser/artifacts/ils-*.png.
+#[test]
+fn browser_ils_session_stage_chat_polls_reactions() {
+    let control = workspace_bin("ils-control");
+    let mut extra = Vec::new();
+    if !control.exists() {
+        extra.push(format!(
+            "{} (cargo build -p ils-control)",
+            control.display()
+        ));
+    }
+    if !prerequisites_or_skip("ils_session", &extra) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let artifacts = browser_dir().join("artifacts");
+    let only = Path::new("1");
+    run_harness(
+        &[],
+        &[
+            ("ILS_CONTROL_BIN", control.as_path()),
+            ("ILS_ARTIFACTS", artifacts.as_path()),
+            ("ILS_SESSION_ONLY", only),
+        ],
+    );
+}
+
+/// The ILS pages and client library against the scenario's stand-in server (no ils): a failure
+/// here points at the pages or the harness, a failure only of the test above at ils.
+#[test]
+fn browser_ils_session_harness_self_test_with_mock_server() {
+    if !prerequisites_or_skip("ils_session mock self-test", &[]) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let artifacts = browser_dir().join("artifacts-mock");
+    let only = Path::new("1");
+    run_harness(
+        &["--mock"],
+        &[
+            ("ILS_ARTIFACTS", artifacts.as_path()),
+            ("ILS_SESSION_ONLY", only),
+        ],
+    );
+}
