@@ -591,8 +591,9 @@ pub async fn create_media_session(
     if ils {
         // The session was inserted just above, so this cannot fail.
         let _ = rooms.mark_ils(&alloc.id);
+    } else {
+        app.persist(&rooms);
     }
-    app.persist(&rooms);
     drop(rooms);
     // The DTLS relay must exist before the engine can hand us the client's first flight.
     let (in_tx, in_rx) = mpsc::channel(DTLS_QUEUE);

@@ -788,7 +788,7 @@ async fn drop_media(app: &Arc<App>, m: Option<PMedia>) {
             app.apply(cmds);
         }
     }
-    app.persist(&rooms);
+    // ILS sessions are not persisted (`Rooms::to_json`): nothing to write.
 }
 
 fn media_error(status: u16) -> ErrorCode {
@@ -1108,7 +1108,10 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
     }
     c.slot_cmds.fetch_add(cmds.len() as u64, Ordering::Relaxed);
     app.apply(cmds);
-    app.persist(&rooms);
+    // `set_public` may have changed WHEP viewers' legs, which are persisted.
+    if only.is_none() {
+        app.persist(&rooms);
+    }
 }
 
 /// `GET /ws`: upgrade and run the socket (one task per socket).
