@@ -63,6 +63,10 @@ pub const BROADCAST_CAPACITY: usize = 1024;
 pub const DIRECT_QUEUE: usize = 256;
 /// `lagged` notices a socket gets before it is closed (it keeps missing events). Default 3.
 pub const MAX_LAGS: u32 = 3;
+/// Frames that do not parse (bad JSON, unknown type, too large) a socket may send before it is
+/// closed; each one is answered with a typed error first. Default 50. Bounds the error replies
+/// a broken or hostile client can make the server write.
+pub const MAX_BAD_FRAMES: u32 = 50;
 /// How often the session's `tick` runs (reaction windows, coalesced counts). Default 100 ms.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// ILS sessions per process. Default 1000 (each holds a broadcast channel and its state);
@@ -1346,6 +1350,7 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     ping.tick().await;
     let mut last_heard = Instant::now();
     let mut lags = 0u32;
+    let mut bad = 0u32;
     let reason: (u16, String) = loop {
         tokio::select! {
             m = conn.socket.recv() => {
@@ -1358,8 +1363,12 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
                     Message::Text(t) => {
                         match ils_session::parse_client(t.as_str()) {
                             Err(e) => {
+                                bad += 1;
                                 if !conn.write_msg(&e.to_server_msg()).await {
                                     break (0, String::new());
+                                }
+                                if bad >= MAX_BAD_FRAMES {
+                                    break (1008, format!("{} invalid messages: fix the client (see docs/protocol.md)", bad));
                                 }
                             }
                             Ok(f) => {
@@ -1384,6 +1393,10 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
                         }
                     }
                     Message::Binary(_) => {
+                        bad += 1;
+                        if bad >= MAX_BAD_FRAMES {
+                            break (1008, format!("{bad} invalid messages: send JSON text frames"));
+                        }
                         let m = ServerMsg::error(
                             ErrorCode::BadMessage,
                             "binary frames are not part of the protocol: send JSON text frames",

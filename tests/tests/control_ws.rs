@@ -221,6 +221,10 @@ async fn ils_session_over_ws_with_real_media() {
     let (_control, addr) = start_control(&data, SECRET);
     let room = "show";
 
+    // a socket that never says hello: checked at the end (HELLO_TIMEOUT is 5 s)
+    let mut silent = Client::connect(addr).await;
+    let silent_since = Instant::now();
+
     // ---- refusals over the wire: typed error, then a close with a reason ----
     let mut c = Client::connect(addr).await;
     c.send(json!({"type": "hello", "v": 1, "token": "not-a-jwt", "rid": "x"}))
@@ -427,13 +431,34 @@ async fn ils_session_over_ws_with_real_media() {
         "8 reactions arrive aggregated, not one by one"
     );
 
+    // ---- the silent socket was told and closed ----
+    assert_eq!(silent.expect("error", |_| true).await["code"], "not_joined");
+    assert!(silent_since.elapsed() >= Duration::from_secs(4));
+    assert!(silent.close_frame().await.1.contains("hello"));
+
     // ---- metrics ----
-    let m = request(addr, "GET", "/metrics", &[], "").body;
+    // (closed sockets are counted out when their task ends, just after the client saw the close)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut m = request(addr, "GET", "/metrics", &[], "").body;
+    while !m.contains("ils_ws_sockets_open 3") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = request(addr, "GET", "/metrics", &[], "").body;
+    }
     assert!(m.contains("ils_ws_sockets_open 3"), "{m}");
     assert!(m.contains("ils_ws_refused_total{reason=\"unauthorized\"} 1"));
     assert!(m.contains("ils_ws_messages_in_total{type=\"react\"} 8"));
     assert!(m.contains("ils_session_reactions_counted_total 8"), "{m}");
     assert!(m.contains("ils_sessions 1"));
+
+    // ---- invalid frames are answered, then the socket is closed after MAX_BAD_FRAMES ----
+    let (mut noisy, _) = join(addr, &token(room, Role::Viewer, "noisy", None)).await;
+    for _ in 0..50 {
+        noisy.send(json!({"type": "dance"})).await;
+    }
+    assert_eq!(noisy.expect("error", |_| true).await["code"], "bad_message");
+    let (code, reason) = noisy.close_frame().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("invalid messages"), "{reason}");
 
     // ---- the producer ends the session: everyone gets ended and a close ----
     let r = request(
