@@ -473,6 +473,25 @@ async fn ils_session_over_ws_with_real_media() {
     let (code, reason) = viewer.close_frame().await;
     assert_eq!(code, 1000);
     assert!(reason.contains("ended"), "{reason}");
+    let r = request(
+        addr,
+        "DELETE",
+        &format!("/api/sessions/{room}"),
+        &[auth_h],
+        "",
+    );
+    assert_eq!(r.status, 410, "already ended: {}", r.body);
+    // joining an ended session is refused with a reason
+    let mut late = Client::connect(addr).await;
+    late.send(json!({"type": "hello", "v": 1, "token": token(room, Role::Viewer, "late", None)}))
+        .await;
+    assert_eq!(late.expect("error", |_| true).await["code"], "ended");
+    // the admin API starts a fresh session under the same name; a second create conflicts
+    let create = format!("/api/sessions/{room}");
+    assert_eq!(request(addr, "POST", &create, &[auth_h], "").status, 201);
+    assert_eq!(request(addr, "POST", &create, &[auth_h], "").status, 409);
+    let (_again, w) = join(addr, &token(room, Role::Viewer, "late", None)).await;
+    assert_eq!(w["you"]["place"], "audience");
     sending.store(false, Ordering::Relaxed);
     let _ = sender.await;
     let _ = std::fs::remove_dir_all(&data);
