@@ -137,6 +137,17 @@ MediaServer.enableWarning(!!process.env.MEDOOZE_WARN);
 
 const endpoint = MediaServer.createEndpoint(MEDIA_IP);
 endpoint.setDefaultSRTProtectionProfiles(SRTP_PROFILES);
+endpoint.setThreadName("mz-media");
+// start.sh --control-core M: the process runs on M (Node's JS thread: HTTP, SDP, events) and
+// Medooze's media thread (the Endpoint's event loop: all RTP/RTCP/DTLS) moves to this core,
+// like ils's control/engine split.
+if (process.env.MEDOOZE_MEDIA_CORE !== undefined) {
+	const core = Number(process.env.MEDOOZE_MEDIA_CORE);
+	if (!Number.isInteger(core) || core < 0 || !endpoint.setAffinity(core)) {
+		console.error(`could not pin Medooze's media thread to core ${process.env.MEDOOZE_MEDIA_CORE}`);
+		process.exit(2);
+	}
+}
 
 /**
  * @typedef {{ id: string, transport: any, stream: any, rids: string[] }} Publisher
@@ -382,10 +393,39 @@ function readBody(req) {
 	});
 }
 
+const fs = require("fs");
+const CLK_TCK = 100; // USER_HZ on Linux
+
+/** CPU seconds (user + system) of Medooze's media thread ("mz-media") and of the whole
+ *  process, from /proc; null where unreadable. Diff two /health reads to split the cost. */
+function cpuSeconds() {
+	const ticks = (path) => {
+		try {
+			const stat = fs.readFileSync(path, "utf8");
+			const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+			return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14, 15)
+		} catch (_) {
+			return null;
+		}
+	};
+	let media = null;
+	try {
+		for (const tid of fs.readdirSync("/proc/self/task")) {
+			if (fs.readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim() === "mz-media") {
+				media = { tid: Number(tid), cpuSeconds: ticks(`/proc/self/task/${tid}/stat`) };
+				break;
+			}
+		}
+	} catch (_) {
+		/* no /proc */
+	}
+	return { process: ticks("/proc/self/stat"), mediaThread: media };
+}
+
 function stats() {
 	let viewers = 0;
 	for (const r of rooms.values()) viewers += r.viewers.size;
-	return { rooms: rooms.size, viewers, transports, counters };
+	return { rooms: rooms.size, viewers, transports, cpu: cpuSeconds(), counters };
 }
 
 async function handle(req, res) {

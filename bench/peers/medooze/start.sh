@@ -3,19 +3,25 @@
 # preload, start `node server.js` pinned with `taskset -c CORE`, wait for /health, print
 # `PID=... URL=http://127.0.0.1:PORT`. Stop it with stop.sh.
 #
-#   bench/peers/medooze/start.sh [--port 8090] [--core 0]
+#   bench/peers/medooze/start.sh [--port 8090] [--core 0] [--control-core 1]
+#
+# --core N pins the whole process (all threads) to N. With --control-core M the process is
+# pinned to M and only Medooze's media thread (all RTP/RTCP/DTLS work) to N, the way ils runs
+# control and engine on separate cores.
 #
 # Build: the first run compiles Medooze's native code (~4 min on 2 cores); later runs reuse it.
 set -euo pipefail
 DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PORT=8090
 CORE=0
+CONTROL_CORE=
 while [ $# -gt 0 ]; do
     case "$1" in
         --port) PORT=${2:?--port needs a value}; shift 2 ;;
         --core) CORE=${2:?--core needs a value}; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-        *) echo "start.sh: unknown argument $1 (use --port N, --core N)" >&2; exit 2 ;;
+        --control-core) CONTROL_CORE=${2:?--control-core needs a value}; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "start.sh: unknown argument $1 (use --port N, --core N, --control-core N)" >&2; exit 2 ;;
     esac
 done
 RUN="$DIR/.run"
@@ -52,8 +58,15 @@ if [ ! -f "$PRELOAD" ] || [ preload/bind_loopback.c -nt "$PRELOAD" ]; then
     cc -O2 -Wall -shared -fPIC -o "$PRELOAD" preload/bind_loopback.c -ldl
 fi
 
+if [ -n "$CONTROL_CORE" ]; then
+    PIN=$CONTROL_CORE
+    export MEDOOZE_MEDIA_CORE=$CORE
+else
+    PIN=$CORE
+    unset MEDOOZE_MEDIA_CORE
+fi
 ILS_BIND_IP=127.0.0.1 LD_PRELOAD="$PRELOAD" \
-    setsid taskset -c "$CORE" node server.js --port "$PORT" >"$LOG" 2>&1 </dev/null &
+    setsid taskset -c "$PIN" node server.js --port "$PORT" >"$LOG" 2>&1 </dev/null &
 PID=$!
 echo "$PID" >"$PIDFILE"
 for _ in $(seq 1 100); do
