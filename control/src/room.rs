@@ -821,7 +821,7 @@ impl Rooms {
         })
     }
 
-    fn leg_for(&mut self, viewer: &Session, slot: &MediaSlot, feeder: &MediaSlot) -> LegSpec {
+    fn leg_for(&mut self, transport: u32, slot: &MediaSlot, feeder: &MediaSlot) -> LegSpec {
         let leg = self.ids.leg;
         self.ids.leg = self.ids.leg.wrapping_add(1).max(1);
         let mut ext_map = [(0u8, 0u8); 16];
@@ -841,7 +841,7 @@ impl Rooms {
         LegSpec {
             leg,
             track: feeder.track,
-            transport: viewer.transport,
+            transport,
             ssrc: slot.send_ssrc,
             rtx_ssrc: if slot.rtx_pt != 0 {
                 slot.send_rtx_ssrc
@@ -896,7 +896,7 @@ impl Rooms {
             if let Some(n) = self.layers_active.get(&feeder.track) {
                 slot.layer = slot.layer.max(n.saturating_sub(1).min(2));
             }
-            let spec = self.leg_for(&v, &slot, &feeder);
+            let spec = self.leg_for(v.transport, &slot, &feeder);
             if let Some(s) = self
                 .sessions
                 .get_mut(viewer_id)
@@ -1059,14 +1059,26 @@ impl Rooms {
     /// Legs for every pinned, unfed slot of ILS viewer `viewer_id` whose publisher is connected.
     fn feed_pins(&mut self, viewer_id: &str) -> Vec<EngineCmd> {
         let mut cmds = Vec::new();
-        let Some(v) = self.sessions.get(viewer_id).cloned() else {
+        // Only the pinned, unfed slots are copied (this runs for every subscriber of a
+        // 100 000-viewer audience on a stage change).
+        let Some((shard, transport, todo)) = self.sessions.get(viewer_id).and_then(|v| {
+            (v.ils && v.kind == SessionKind::Viewer && v.state == SessionState::Connected).then(
+                || {
+                    let todo: Vec<(usize, MediaSlot)> = v
+                        .media
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, m)| m.leg.is_none() && m.pin.is_some())
+                        .map(|(i, m)| (i, m.clone()))
+                        .collect();
+                    (v.shard, v.transport, todo)
+                },
+            )
+        }) else {
             return cmds;
         };
-        if !v.ils || v.kind != SessionKind::Viewer || v.state != SessionState::Connected {
-            return cmds;
-        }
-        for (i, slot) in v.media.iter().enumerate() {
-            let (None, Some(pid)) = (slot.leg, slot.pin.as_ref()) else {
+        for (i, slot) in todo {
+            let Some(pid) = slot.pin.as_ref() else {
                 continue;
             };
             let Some(feeder) = self
@@ -1091,7 +1103,7 @@ impl Rooms {
                 .min(2);
             let mut slot = slot.clone();
             slot.layer = slot.want_layer.min(top);
-            let spec = self.leg_for(&v, &slot, &feeder);
+            let spec = self.leg_for(transport, &slot, &feeder);
             if let Some(s) = self
                 .sessions
                 .get_mut(viewer_id)
@@ -1100,10 +1112,7 @@ impl Rooms {
                 s.leg = Some((spec.leg, spec.track));
                 s.layer = spec.layer;
             }
-            cmds.push(EngineCmd::AddLeg {
-                shard: v.shard,
-                spec,
-            });
+            cmds.push(EngineCmd::AddLeg { shard, spec });
         }
         cmds
     }

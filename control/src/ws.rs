@@ -1044,7 +1044,7 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
     // 3. subscribers
     // Key: (place, the subscriber itself when it is among the feeds, video slots, audio slots).
     type Key = (u8, Option<Pid>, u32, u32);
-    let mut cache: HashMap<Key, (SlotPlan, Utf8Bytes)> = HashMap::new();
+    let mut cache: HashMap<Key, Arc<(SlotPlan, Utf8Bytes)>> = HashMap::new();
     let pids: Vec<Pid> = match only {
         Some(o) => o.to_vec(),
         None => core.media.keys().copied().collect(),
@@ -1081,16 +1081,18 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
                 }
                 .to_json(),
             );
-            (p, json)
+            Arc::new((p, json))
         };
-        let (p, json) = if sub.sizes.is_empty() {
-            cache
-                .entry((place_index(place), me_in, nv, na))
-                .or_insert_with(|| compute(sub))
-                .clone()
+        let planned = if sub.sizes.is_empty() {
+            Arc::clone(
+                cache
+                    .entry((place_index(place), me_in, nv, na))
+                    .or_insert_with(|| compute(sub)),
+            )
         } else {
             compute(sub)
         };
+        let (p, json) = (&planned.0, &planned.1);
         for (d, feed) in sub.slots.iter().zip(p.feeds.iter()) {
             let pin = feed.as_ref().map(|(s, l)| (s.as_str(), *l));
             match rooms.set_slot(&sub.id, &d.mid, pin) {
@@ -1103,7 +1105,7 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
             sub.last = Some(json.clone());
             let f = Arc::new(Frame {
                 to: To::Participant(pid),
-                json,
+                json: json.clone(),
                 kind: "slots",
                 closes: None,
             });
