@@ -1097,8 +1097,13 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
             let pin = feed.as_ref().map(|(s, l)| (s.as_str(), *l));
             match rooms.set_slot(&sub.id, &d.mid, pin) {
                 Ok(x) => cmds.extend(x),
-                Err(RoomError::UnknownSession) => break,
-                Err(e) => tracing::debug!("slot {} of {}: {e}", d.mid, sub.id),
+                Err(RoomError::UnknownSession) if pin.is_none() => break,
+                Err(e) => {
+                    // e.g. the publisher sends another codec than this slot negotiated, or it
+                    // is gone: never leave the slot on its previous feed.
+                    tracing::debug!("slot {} of {}: {e}; left empty", d.mid, sub.id);
+                    cmds.extend(rooms.set_slot(&sub.id, &d.mid, None).unwrap_or_default());
+                }
             }
         }
         if sub.last.as_ref().map(Utf8Bytes::as_str) != Some(json.as_str()) {
