@@ -328,6 +328,23 @@ async fn ils_session_over_ws_with_real_media() {
         "a green-room host never reaches the audience"
     );
 
+    // slot sizes: a known video slot is acknowledged, an unknown one is not_found
+    viewer
+        .send(json!({"type": "slot_size", "slot": 0, "size": "thumbnail", "rid": "z0"}))
+        .await;
+    viewer.expect("ack", |v| v["rid"] == "z0").await;
+    viewer
+        .send(json!({"type": "slot_size", "slot": 7, "size": "full", "rid": "z7"}))
+        .await;
+    assert_eq!(
+        viewer.expect("error", |v| v["rid"] == "z7").await["code"],
+        "not_found"
+    );
+    viewer
+        .send(json!({"type": "trickle", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}, "rid": "t"}))
+        .await;
+    viewer.expect("ack", |v| v["rid"] == "t").await;
+
     // ---- the producer brings the host on stage: the viewer's slots carry it, no new SDP ----
     prod.send(json!({"type": "move", "participant": host_id, "to": "stage", "rid": "m1"}))
         .await;
