@@ -66,7 +66,7 @@ else
     unset MEDOOZE_MEDIA_CORE
 fi
 ILS_BIND_IP=127.0.0.1 LD_PRELOAD="$PRELOAD" \
-    setsid taskset -c "$PIN" node server.js --port "$PORT" >"$LOG" 2>&1 </dev/null &
+    setsid taskset -c "$PIN" node --expose-gc server.js --port "$PORT" >"$LOG" 2>&1 </dev/null &
 PID=$!
 echo "$PID" >"$PIDFILE"
 for _ in $(seq 1 100); do
