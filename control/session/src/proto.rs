@@ -17,13 +17,16 @@ use serde_json::Value;
 /// keep the version; removing or renaming a field or changing its meaning bumps it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest client text frame, in bytes. Default 65 536. Checked before parsing, so a hostile
+/// Largest client text frame, in bytes. Default 131 072 (a `subscribe` carrying a
+/// [`MAX_SDP_BYTES`] offer, JSON-escaped). Checked before parsing, so a hostile
 /// frame costs at most this much JSON work and memory (the transport should also cap the
 /// WebSocket frame/message size at this value). Counted as `too_large` refusals.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Largest SDP offer in `publish` / `subscribe`, in bytes. Default 32 768 (a 25-video + 4-audio
-/// slot offer from Chromium is about 20 KiB). Bounds the SDP parser's input.
-pub const MAX_SDP_BYTES: usize = 32 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// Largest SDP offer in `publish` / `subscribe`, in bytes. Default 65 536, control's own SDP
+/// limit (measured: Chromium 156 recv-only offers restricted to VP8 + RTX and Opus are ≈ 37 KB for
+/// 25 video + 8 audio slots; with every default codec 8 + 4 slots are already ≈ 44 KB, so the
+/// client library offers VP8/Opus only). Bounds the SDP parser's input.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Longest request id (`rid`), in bytes. Default 64. Bounds what the server echoes back.
 pub const MAX_RID_BYTES: usize = 64;
 /// Longest chat message text, in bytes. Default 500. Bounds history memory:

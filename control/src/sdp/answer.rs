@@ -1174,13 +1174,14 @@ mod tests {
         assert!(e.reason.ends_with("bytes; limit 65536"), "{}", e.reason);
         let long = format!("{CHROMIUM}a=x-pad:{}\r\n", "p".repeat(5000));
         assert!(publish_err(&long).reason.contains("limit 4096"));
-        let m: String = (0..17)
+        let n = crate::sdp::limits::MAX_MEDIA_SECTIONS + 1;
+        let m: String = (0..n)
             .map(|i| format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\n"))
             .collect();
         let e = publish_err(&format!("{MIN_HDR}{m}"));
         assert_eq!(
             (e.status, e.reason.as_str()),
-            (400, "SDP has 17 m-lines; limit 16")
+            (400, "SDP has 35 m-lines; limit 34")
         );
     }
 

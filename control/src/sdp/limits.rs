@@ -13,9 +13,11 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// worst case is 2000 small `String`s, ~100 KiB.
 pub const MAX_SDP_LINES: usize = 2000;
 
-/// Most `m=` sections in one offer. Default 16 (a publisher sends 1 audio + 1 video). Bounds the
-/// per-section work (codec choice, answer size) and the media list handed to the room.
-pub const MAX_MEDIA_SECTIONS: usize = 16;
+/// Most `m=` sections in one offer. Default 34: an ILS subscriber's receive slots (at most 25
+/// video + 8 audio, ils-session's `MAX_VIDEO_SLOTS`/`MAX_AUDIO_SLOTS`) plus one data channel; a
+/// publisher sends 1 audio + 1 video. Bounds the per-section work (codec choice, answer size)
+/// and the media list handed to the room (≈ 1 KiB per section).
+pub const MAX_MEDIA_SECTIONS: usize = 34;
 
 /// Longest single SDP line in bytes (without the line ending). Default 4096 (the longest real line,
 /// Chromium's video `m=` line, is ~100 bytes). Bounds a hostile 64 KiB attribute value.
@@ -213,9 +215,11 @@ mod tests {
 
     #[test]
     fn too_many_m_lines() {
-        let s = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(17);
+        let s = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(MAX_MEDIA_SECTIONS + 1);
         let e = precheck(&s).unwrap_err();
-        assert_eq!(e.reason, "SDP has 17 m-lines; limit 16");
+        assert_eq!(e.reason, "SDP has 35 m-lines; limit 34");
+        let s = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(MAX_MEDIA_SECTIONS);
+        assert!(precheck(&s).is_ok());
     }
 
     #[test]
