@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the Medooze peer with the real load tool: starts the peer on its own port,
-# checks the HTTP error paths with curl, runs ils-load (audio and ils scenarios, default and
+# checks the HTTP error paths with curl and 300 mutated offers (fuzz.py), runs ils-load
+# (audio and ils scenarios, default and
 # ?layer= selection), asserts every viewer connected, 0 loss, latency measured and the right
 # simulcast layer received, then stops the peer. Exit status 0 = all checks passed.
 #
@@ -51,6 +52,13 @@ expect_status "unknown resource" 404 -X DELETE "$URL/whep/smoke/nope"
 expect_status "unknown path" 404 "$URL/nope"
 expect_status "wrong method" 405 "$URL/whep/smoke"
 expect_status "health" 200 "$URL/health"
+
+# Mutated offers: never a 5xx, nothing left over.
+if python3 "$DIR/fuzz.py" "$URL" 300 >"$OUT/fuzz.log" 2>&1; then
+    pass "300 mutated offers: $(tail -1 "$OUT/fuzz.log")"
+else
+    fail "fuzz.py (log $OUT/fuzz.log)"
+fi
 
 # --- real WebRTC load ---------------------------------------------------------------------
 run_load() { # name scenario room
