@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the Medooze peer with the real load tool: starts the peer on its own port,
 # checks the HTTP error paths with curl and 300 mutated offers (fuzz.py), runs ils-load
-# (audio and ils scenarios, default and
-# ?layer= selection), asserts every viewer connected, 0 loss, latency measured and the right
-# simulcast layer received, then stops the peer. Exit status 0 = all checks passed.
+# (audio and ils scenarios, default and ?layer= selection), asserts every viewer connected,
+# 0 loss, latency measured and the right simulcast layer received, then stops the peer. Exit status 0 = all checks passed.
 #
 #   bench/peers/medooze/smoke.sh [--port 8095] [--core 0] [--viewers 20] [--load BIN]
 #
