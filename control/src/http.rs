@@ -434,16 +434,45 @@ async fn whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(app, room, headers, body, SessionKind::Publisher).await
+    offer(app, room, headers, body, SessionKind::Publisher, 2).await
+}
+
+/// `POST /whep/{room}?layer=`: the viewer's top simulcast layer.
+#[derive(Deserialize)]
+struct WhepQuery {
+    #[serde(default)]
+    layer: Option<String>,
+}
+
+/// Parse `?layer=`: `0|1|2`, `low|mid|high` or the rids `q|h|f`.
+pub fn parse_layer(v: &str) -> Option<u8> {
+    match v {
+        "0" | "low" | "q" => Some(0),
+        "1" | "mid" | "medium" | "h" => Some(1),
+        "2" | "high" | "full" | "f" => Some(2),
+        _ => None,
+    }
 }
 
 async fn whep(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
+    Query(q): Query<WhepQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(app, room, headers, body, SessionKind::Viewer).await
+    let layer =
+        match q.layer.as_deref() {
+            None => 2,
+            Some(v) => match parse_layer(v) {
+                Some(l) => l,
+                None => return text(
+                    StatusCode::BAD_REQUEST,
+                    "layer must be 0|1|2, low|mid|high or q|h|f (the viewer's top simulcast layer)",
+                ),
+            },
+        };
+    offer(app, room, headers, body, SessionKind::Viewer, layer).await
 }
 
 async fn offer(
@@ -452,6 +481,7 @@ async fn offer(
     headers: HeaderMap,
     body: Bytes,
     kind: SessionKind,
+    max_layer: u8,
 ) -> Response {
     if !valid_room(&room) {
         return text(
@@ -475,12 +505,20 @@ async fn offer(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let created =
-        match create_media_session(&app, &room, kind, claims.identity.clone(), &offer, false).await
-        {
-            Ok(c) => c,
-            Err(r) => return text(status(r.status), r.reason),
-        };
+    let created = match create_media_session_capped(
+        &app,
+        &room,
+        kind,
+        claims.identity.clone(),
+        &offer,
+        false,
+        max_layer,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return text(status(r.status), r.reason),
+    };
     let (alloc, neg) = (created.alloc, created.neg);
     let (path, counter) = match kind {
         SessionKind::Publisher => ("whip", &app.counters.whip_created),
@@ -531,6 +569,20 @@ pub async fn create_media_session(
     identity: Option<String>,
     offer: &str,
     ils: bool,
+) -> Result<CreatedMedia, MediaRefusal> {
+    create_media_session_capped(app, room, kind, identity, offer, ils, 2).await
+}
+
+/// [`create_media_session`] for a WHEP viewer whose video must not go above simulcast layer
+/// `max_layer` (`?layer=`; 2 = no cap).
+pub async fn create_media_session_capped(
+    app: &Arc<App>,
+    room: &str,
+    kind: SessionKind,
+    identity: Option<String>,
+    offer: &str,
+    ils: bool,
+    max_layer: u8,
 ) -> Result<CreatedMedia, MediaRefusal> {
     let room = room.to_string();
     let mut rooms = app.rooms.lock().await;
@@ -588,6 +640,10 @@ pub async fn create_media_session(
         now_unix(),
     );
     rooms.set_remote_ice_ufrag(&alloc.id, &neg.remote_ufrag);
+    if max_layer < 2 {
+        // The session was inserted just above; no leg exists before its DTLS completes.
+        let _ = rooms.set_max_layer(&alloc.id, max_layer);
+    }
     if ils {
         // The session was inserted just above, so this cannot fail.
         let _ = rooms.mark_ils(&alloc.id);
@@ -1102,6 +1158,26 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whep_layer_names() {
+        for (v, l) in [
+            ("0", 0),
+            ("low", 0),
+            ("q", 0),
+            ("1", 1),
+            ("mid", 1),
+            ("h", 1),
+        ] {
+            assert_eq!(parse_layer(v), Some(l), "{v}");
+        }
+        for v in ["2", "high", "f", "full"] {
+            assert_eq!(parse_layer(v), Some(2), "{v}");
+        }
+        for v in ["", "3", "-1", "HIGH", "1 ", "\u{0}"] {
+            assert_eq!(parse_layer(v), None, "{v:?}");
+        }
+    }
 
     #[test]
     fn restart_answer_is_an_sdpfrag_with_our_new_credentials_and_candidate() {

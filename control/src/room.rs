@@ -38,6 +38,10 @@ pub const MAX_PENDING_SESSIONS: usize = 1_000;
 /// A session that has not finished DTLS within this many seconds is removed.
 pub const CONNECT_TIMEOUT_SECS: u64 = 30;
 
+fn top_layer() -> u8 {
+    2
+}
+
 /// Publisher or viewer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +148,11 @@ pub struct Session {
     /// publishers are never auto-attached ([`Rooms::set_public`]).
     #[serde(default)]
     pub public: bool,
+    /// WHEP viewer: highest simulcast layer its video legs may get (0 low, 1 mid, 2 high),
+    /// from `?layer=` on the WHEP POST ([`Rooms::set_max_layer`]); automatic upgrades stop
+    /// there. Default 2 (the top layer the publisher sends).
+    #[serde(default = "top_layer")]
+    pub max_layer: u8,
 }
 
 impl Session {
@@ -726,6 +735,7 @@ impl Rooms {
             ice_generation: 0,
             ils: false,
             public: false,
+            max_layer: 2,
         };
         if let Some(l) = self.shard_load.get_mut(a.shard) {
             *l += 1;
@@ -894,7 +904,7 @@ impl Rooms {
             // come from `handle_track_layers`, which only acts when the count changes).
             let mut slot = slot.clone();
             if let Some(n) = self.layers_active.get(&feeder.track) {
-                slot.layer = slot.layer.max(n.saturating_sub(1).min(2));
+                slot.layer = slot.layer.max(n.saturating_sub(1).min(v.max_layer.min(2)));
             }
             let spec = self.leg_for(v.transport, &slot, &feeder);
             if let Some(s) = self
@@ -1158,6 +1168,15 @@ impl Rooms {
         Ok(cmds)
     }
 
+    /// Cap a WHEP viewer's video at simulcast layer `max_layer` (0 low, 1 mid, 2 high; larger
+    /// values are 2). Call before its DTLS completes (no leg exists yet), as the WHEP handler
+    /// does for `?layer=`.
+    pub fn set_max_layer(&mut self, id: &str, max_layer: u8) -> Result<(), RoomError> {
+        let s = self.sessions.get_mut(id).ok_or(RoomError::UnknownSession)?;
+        s.max_layer = max_layer.min(2);
+        Ok(())
+    }
+
     /// The engine reports the publisher's track now has `layers_active` encodings: move
     /// automatically-placed viewer legs up to the highest one.
     ///
@@ -1189,11 +1208,11 @@ impl Rooms {
         if layers_active < 2 {
             return cmds;
         }
-        let target = top;
         for v in self.sessions.values_mut() {
             if v.kind != SessionKind::Viewer || v.ils {
                 continue;
             }
+            let target = top.min(v.max_layer);
             for slot in &mut v.media {
                 if let Some((leg, t)) = slot.leg {
                     if t == track && slot.video && slot.layer < target {
@@ -1565,6 +1584,35 @@ mod tests {
         let (v2, _) = join(&mut r, "a", SessionKind::Viewer, 3, 12);
         let l2 = legs(&r.handle_connected(&v2, keys()).expect("known"));
         assert!(l2.iter().any(|l| l.track == video.track && l.layer == 2));
+    }
+
+    #[test]
+    fn whep_layer_cap_stops_upgrades_at_the_asked_layer() {
+        let mut r = Rooms::new(1);
+        let (p, _) = join(&mut r, "a", SessionKind::Publisher, 1, 10);
+        r.handle_connected(&p, keys()).expect("known");
+        let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 11);
+        r.set_max_layer(&v, 1).expect("known");
+        let (free, _) = join(&mut r, "a", SessionKind::Viewer, 3, 12);
+        let video = legs(&r.handle_connected(&v, keys()).expect("known"))
+            .into_iter()
+            .find(|l| l.pt == 100)
+            .expect("video");
+        r.handle_connected(&free, keys()).expect("known");
+        // Three layers appear: the capped viewer goes to the middle one, the other to the top.
+        let up = r.handle_track_layers(video.track, 3);
+        assert!(up.contains(&EngineCmd::SelectLayer {
+            shard: 0,
+            leg: video.leg,
+            layer: 1
+        }));
+        assert_eq!(up.len(), 2, "{up:?}");
+        // A capped viewer joining now starts at the middle layer, not the known top.
+        let (v3, _) = join(&mut r, "a", SessionKind::Viewer, 4, 13);
+        r.set_max_layer(&v3, 1).expect("known");
+        let l3 = legs(&r.handle_connected(&v3, keys()).expect("known"));
+        assert!(l3.iter().any(|l| l.track == video.track && l.layer == 1));
+        assert_eq!(r.set_max_layer("nope", 1), Err(RoomError::UnknownSession));
     }
 
     #[test]

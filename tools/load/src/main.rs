@@ -71,6 +71,10 @@ struct Cli {
     /// Keep the sessions (no DELETE at the end).
     #[arg(long)]
     no_delete: bool,
+    /// Simulcast layer video viewers ask for: 0 low, 1 mid, 2 high (WHEP `?layer=`, Janus
+    /// `substream`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    layer: u8,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -99,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         out_dir: Some(c.out.clone()),
         progress: !c.quiet,
         delete: !c.no_delete,
+        layer: c.layer,
     };
     let (r, _) = ils_load::run(&cfg)?;
     print!("{}", ils_load::report::markdown(&r));

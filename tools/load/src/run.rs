@@ -89,6 +89,10 @@ pub struct RunConfig {
     pub progress: bool,
     /// DELETE every session at the end.
     pub delete: bool,
+    /// Simulcast layer video viewers ask for (0 low, 1 mid, 2 high): `?layer=` on WHEP
+    /// (ils-control, bench/peers/medooze), `substream` with Janus. Default 1, the issue's
+    /// "viewers on the middle layer".
+    pub layer: u8,
 }
 
 impl Default for RunConfig {
@@ -114,6 +118,7 @@ impl Default for RunConfig {
             out_dir: None,
             progress: false,
             delete: true,
+            layer: 1,
         }
     }
 }
@@ -301,7 +306,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         publish_token,
         view_token,
         whip_path: "/whip/{room}".into(),
-        whep_path: "/whep/{room}".into(),
+        whep_path: if cfg.scenario == Scenario::Audio {
+            "/whep/{room}".into()
+        } else {
+            format!("/whep/{{room}}?layer={}", cfg.layer.min(2))
+        },
     };
     let (video, hosts) = match cfg.scenario {
         Scenario::Audio => (false, 1),
@@ -311,7 +320,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     // Janus: its own signaling (crate::janus) instead of WHIP/WHEP.
     let janus = match cfg.target {
         TargetKind::Janus => {
-            let substream = (cfg.scenario != Scenario::Audio).then_some(1);
+            let substream = (cfg.scenario != Scenario::Audio).then_some(cfg.layer.min(2));
             Some(rt.block_on(crate::janus::JanusRun::start(
                 &cfg.url, &cfg.room, substream,
             ))?)
