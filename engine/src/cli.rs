@@ -58,6 +58,11 @@ pub struct Args {
     /// Disable UDP GSO bursts.
     #[arg(long)]
     no_gso: bool,
+    /// Flush queued copies between two input datagrams once this many are queued (lower p99
+    /// latency under input bursts); 0 = only when the send batch is half full (more GSO
+    /// merging across inputs).
+    #[arg(long, default_value_t = ils_io::EARLY_FLUSH_DATAGRAMS, env = "ILS_EARLY_FLUSH")]
+    early_flush: usize,
     /// Seconds without a valid ICE consent check before a transport is reported dead.
     #[arg(long, default_value_t = 30, env = "ILS_CONSENT_TIMEOUT")]
     consent_timeout: u64,
@@ -124,6 +129,7 @@ where
             Send::Uring => SendPath::UringSendMsg,
         }),
         gso: !args.no_gso,
+        early_flush: args.early_flush,
         consent_timeout: Duration::from_secs(args.consent_timeout.max(1)),
         keyframe_interval: Duration::from_millis(args.keyframe_interval_ms.max(10)),
         pin: !args.no_pin,

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub send_path: Option<SendPath>,
     /// Use UDP GSO when the kernel supports it.
     pub gso: bool,
+    /// Flush between input datagrams once this many copies are queued (0: only at half
+    /// full); see `ils_io::IoConfig::early_flush`.
+    pub early_flush: usize,
     /// Default consent timeout.
     pub consent_timeout: Duration,
     /// Keyframe request interval towards publishers.
@@ -103,6 +106,7 @@ impl Engine {
             io.backend = cfg.backend;
             io.send_path = cfg.send_path;
             io.gso = cfg.gso;
+            io.early_flush = cfg.early_flush;
             let clone = |e: &EventFd| e.try_clone().map_err(io_err);
             let params = ShardParams {
                 index: i,

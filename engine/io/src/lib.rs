@@ -121,6 +121,9 @@ pub struct IoConfig {
     pub recv_batch: usize,
     /// Try UDP GSO; disabled automatically (and recorded) if the kernel refuses. Default true.
     pub gso: bool,
+    /// [`Io::poll_forward`] flushes between received datagrams once this many datagrams are
+    /// queued (0: only at the high-water mark). Default [`EARLY_FLUSH_DATAGRAMS`].
+    pub early_flush: usize,
     /// `SO_RCVBUF`/`SO_SNDBUF` (the `FORCE` variants are tried first, for root). Default
     /// [`DEFAULT_SOCKET_BUF_BYTES`].
     pub socket_buf_bytes: usize,
@@ -141,6 +144,7 @@ impl IoConfig {
             send_path: None,
             recv_batch: DEFAULT_RECV_BATCH,
             gso: true,
+            early_flush: EARLY_FLUSH_DATAGRAMS,
             socket_buf_bytes: DEFAULT_SOCKET_BUF_BYTES,
             buf_ring_entries: DEFAULT_BUF_RING_ENTRIES,
             force_uring_failure: false,
@@ -233,6 +237,7 @@ pub struct Io {
     gso: bool,
     degraded: Vec<Degraded>,
     recv_batch: usize,
+    early_flush: usize,
 }
 
 impl std::fmt::Debug for Io {
@@ -382,6 +387,7 @@ impl Io {
             gso,
             degraded,
             recv_batch: cfg.recv_batch,
+            early_flush: cfg.early_flush,
         })
     }
 
@@ -456,7 +462,7 @@ impl Io {
 
     /// Like [`Io::poll`], but the callback also gets `tx` to queue sends into, and `tx` is
     /// flushed *between* received datagrams whenever it passes half of its capacity
-    /// ([`TxBatch::over_high_water`]) or holds [`EARLY_FLUSH_DATAGRAMS`], so a burst of input packets each fanned out to many
+    /// ([`TxBatch::over_high_water`]) or holds [`IoConfig::early_flush`] datagrams, so a burst of input packets each fanned out to many
     /// subscribers is sent in several submissions instead of overflowing the batch. Returns the
     /// receive stats and the stats of the flushes done inside (the caller still flushes the
     /// rest at the end of its iteration).
@@ -476,6 +482,7 @@ impl Io {
             gso,
             degraded,
             recv_batch,
+            early_flush,
             ..
         } = self;
         let mut out = SendParts {
@@ -488,7 +495,7 @@ impl Io {
         };
         let mut cb = |from: SocketAddr, buf: &mut [u8]| {
             on_datagram(from, buf, tx);
-            if tx.over_high_water() || tx.segments() >= EARLY_FLUSH_DATAGRAMS {
+            if tx.over_high_water() || (*early_flush > 0 && tx.segments() >= *early_flush) {
                 out.flush(tx, &mut fstats);
             }
         };
