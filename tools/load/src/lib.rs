@@ -5,7 +5,7 @@
 //!
 //! Modules: [`sdp`] offers/answers, [`http`] signaling client, [`setup`] handshakes,
 //! [`janus`] the Janus videoroom adapter, [`media`] synthetic Opus/VP8 with probes, [`io`] the data path, [`proc`] CPU/RSS from
-//! /proc, [`run`] scenarios and reports.
+//! /proc, [`run`] scenarios and reports, [`ws`] the `/ws` audience scenario.
 
 #![warn(missing_docs)]
 
@@ -18,5 +18,6 @@ pub mod report;
 pub mod run;
 pub mod sdp;
 pub mod setup;
+pub mod ws;
 
 pub use run::{run, RunConfig, RunResult, Scenario, TargetKind};

@@ -20,7 +20,8 @@ struct Cli {
     #[arg(default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Scenario: audio (1 → N audio), ils (1 host audio + 3-layer VP8 simulcast → N), stage
-    /// (--hosts hosts → N).
+    /// (--hosts hosts → N), audience (N viewers + producer + host in one ILS session over /ws:
+    /// reactions, chat, a poll; needs --secret).
     #[arg(long, value_enum, default_value = "audio")]
     scenario: Scenario,
     /// Room name.
@@ -75,6 +76,12 @@ struct Cli {
     /// `substream`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     layer: u8,
+    /// Audience scenario: mean seconds between one viewer's reactions (Poisson).
+    #[arg(long, default_value_t = 10.0)]
+    reaction_every_s: f64,
+    /// Audience scenario: mean seconds between one viewer's chat messages (Poisson).
+    #[arg(long, default_value_t = 60.0)]
+    chat_every_s: f64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -104,7 +111,15 @@ fn main() -> anyhow::Result<()> {
         progress: !c.quiet,
         delete: !c.no_delete,
         layer: c.layer,
+        reaction_every_s: c.reaction_every_s,
+        chat_every_s: c.chat_every_s,
     };
+    if cfg.scenario == Scenario::Audience {
+        let r = ils_load::ws::run_audience(&cfg)?;
+        print!("{}", ils_load::ws::markdown(&r));
+        eprintln!("wrote {}/result.json, summary.md", c.out.display());
+        return Ok(());
+    }
     let (r, _) = ils_load::run(&cfg)?;
     print!("{}", ils_load::report::markdown(&r));
     eprintln!(

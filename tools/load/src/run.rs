@@ -44,6 +44,9 @@ pub enum Scenario {
     Ils,
     /// K hosts (audio+video) → N viewers (each viewer receives the room's current publisher).
     Stage,
+    /// N viewers + 1 producer + 1 host in one ILS session over `/ws`: reactions, chat and a
+    /// poll at a realistic rate; measures event fan-out and control CPU ([`crate::ws`]).
+    Audience,
 }
 
 /// One run's settings.
@@ -93,6 +96,10 @@ pub struct RunConfig {
     /// (ils-control, bench/peers/medooze), `substream` with Janus. Default 1, the issue's
     /// "viewers on the middle layer".
     pub layer: u8,
+    /// Audience scenario: mean seconds between one viewer's reactions (Poisson). Default 10.
+    pub reaction_every_s: f64,
+    /// Audience scenario: mean seconds between one viewer's chat messages (Poisson). Default 60.
+    pub chat_every_s: f64,
 }
 
 impl Default for RunConfig {
@@ -119,6 +126,8 @@ impl Default for RunConfig {
             progress: false,
             delete: true,
             layer: 1,
+            reaction_every_s: 10.0,
+            chat_every_s: 60.0,
         }
     }
 }
@@ -288,6 +297,10 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
 
 /// Run one scenario end to end.
 pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
+    anyhow::ensure!(
+        cfg.scenario != Scenario::Audience,
+        "the audience scenario has its own runner: ils_load::ws::run_audience"
+    );
     anyhow::ensure!(cfg.viewers <= MAX_VIEWERS, "at most {MAX_VIEWERS} viewers");
     anyhow::ensure!(
         cfg.hosts >= 1 && cfg.hosts <= MAX_HOSTS,
@@ -316,6 +329,8 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         Scenario::Audio => (false, 1),
         Scenario::Ils => (true, 1),
         Scenario::Stage => (true, cfg.hosts),
+        // INVARIANT: refused at the top of this function.
+        Scenario::Audience => unreachable!("audience runs in crate::ws"),
     };
     // Janus: its own signaling (crate::janus) instead of WHIP/WHEP.
     let janus = match cfg.target {

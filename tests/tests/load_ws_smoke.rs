@@ -1,0 +1,142 @@
+//! CI smoke of the load tool's `/ws` audience scenario (issue 5's load check): the real
+//! `ils-control` and the real `ils-load` binary, 200 viewers + a producer + a host in one ILS
+//! session, reacting and chatting for 5 s. Asserts every join succeeded, reactions arrived
+//! aggregated (every reaction counted, at most one `reactions` message per 500 ms window per
+//! viewer), chat round trips were measured, every viewer voted once and was counted, and no
+//! unexpected error or close happened.
+//!
+//! Needs `cargo build -p ils-control -p ils-load` (both are default workspace members, so a
+//! plain `cargo build` does it).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ils_tests::http::start_control;
+use ils_tests::workspace_bin;
+use serde_json::Value;
+
+const SECRET: &str = "load-ws-smoke-test-secret-0123456789";
+const VIEWERS: u64 = 200;
+const WINDOW_S: f64 = 5.0;
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in result.json"))
+}
+
+#[test]
+fn two_hundred_ws_viewers_react_chat_and_vote() {
+    let tmp = std::env::temp_dir().join(format!("ils-load-ws-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (control, addr) = start_control(&tmp.join("data"), SECRET);
+    let out = tmp.join("out");
+    let started = Instant::now();
+    let load = Command::new(workspace_bin("ils-load"))
+        .arg(format!("http://{addr}"))
+        .args([
+            "--scenario",
+            "audience",
+            "--room",
+            "ws-smoke",
+            "--viewers",
+            &VIEWERS.to_string(),
+            "--join-rate",
+            "200",
+            "--duration",
+            &WINDOW_S.to_string(),
+            // More activity than the realistic defaults so 5 s see plenty of both.
+            "--reaction-every-s",
+            "1",
+            "--chat-every-s",
+            "10",
+            "--quiet",
+        ])
+        .arg("--control-pid")
+        .arg(control.0.id().expect("control pid").to_string())
+        .arg("--out")
+        .arg(&out)
+        .env("ILS_SECRET", SECRET)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ils-load (cargo build -p ils-load)");
+    eprintln!("{}", String::from_utf8_lossy(&load.stdout));
+    assert!(load.status.success(), "ils-load failed: {}", load.status);
+    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json");
+    let r: Value = serde_json::from_str(&text).expect("result.json is JSON");
+
+    // Joins.
+    assert_eq!(num(&r, "viewers_joined") as u64, VIEWERS, "{text}");
+    assert_eq!(num(&r, "join_failures"), 0.0);
+    assert!(num(&r, "join_p99_ms") > 0.0);
+
+    // Reactions: every one counted, delivered aggregated (≤ one message per 500 ms window).
+    let sent = num(&r, "reactions_sent");
+    assert!(
+        sent > VIEWERS as f64 * 2.0,
+        "only {sent} reactions sent in the run"
+    );
+    assert_eq!(
+        num(&r, "reactions_counted"),
+        sent,
+        "reactions lost or double counted"
+    );
+    let events = num(&r, "reaction_events");
+    assert!(
+        events > 0.0 && events < sent / 20.0,
+        "{events} reactions events for {sent} reactions: not aggregated"
+    );
+    let kinds = r["by_kind"].as_array().expect("by_kind");
+    let kind = |k: &str| kinds.iter().find(|x| x["kind"] == k);
+    let reactions = kind("reactions").expect("viewers received reactions events");
+    // 5 s of 500 ms windows: ≤ 11 messages per viewer (one per window, +1 for edges).
+    assert!(
+        num(reactions, "per_viewer_max") * num(&r, "window_s") <= 11.0,
+        "a viewer got more than one reactions message per window: {reactions}"
+    );
+    assert!(r["bound_ok"].as_bool().expect("bound_ok"), "{text}");
+
+    // Chat: measured round trips, accounted for (delivered + refused = sent).
+    assert!(num(&r, "chat_latency_samples") > 100.0, "{text}");
+    let p99 = num(&r, "chat_latency_p99_ms");
+    assert!(p99 > 0.0 && p99 < 2000.0, "chat p99 {p99} ms");
+    let (cs, cd, cr) = (
+        num(&r, "chat_sent"),
+        num(&r, "chat_delivered"),
+        num(&r, "chat_refused"),
+    );
+    assert!(cd > 0.0, "no chat delivered");
+    assert_eq!(
+        cd + cr,
+        cs,
+        "chat sent {cs} != delivered {cd} + refused {cr}"
+    );
+    assert!(num(&r, "chat_received_per_viewer_per_s") > 0.0);
+
+    // Poll: every viewer voted once and was counted.
+    assert_eq!(num(&r, "votes_sent") as u64, VIEWERS);
+    assert_eq!(num(&r, "votes_counted") as u64, VIEWERS);
+
+    // Nothing unexpected: the only tolerated error is a chat refusal by the rate limit.
+    let errors = r["errors"].as_object().expect("errors");
+    for (code, n) in errors {
+        assert_eq!(code, "rate_limited", "unexpected error {code} x{n}");
+    }
+    assert!(
+        r["closes"].as_object().expect("closes").is_empty(),
+        "server closed sockets: {}",
+        r["closes"]
+    );
+    assert!(
+        num(&r, "control_cpu_percent") > 0.0,
+        "control CPU not measured"
+    );
+    assert!(out.join("summary.md").exists());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "smoke took {:?}",
+        started.elapsed()
+    );
+    drop(control);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
