@@ -1107,6 +1107,10 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
                         crate::ws::media_gone(app, &room, &id).await;
                     }
                 }
+                Event::AudioLevels(l) => {
+                    let levels: Vec<(u32, u8)> = l.iter().collect();
+                    crate::ws::audio_levels(app, &levels).await;
+                }
                 Event::TrackStats {
                     track,
                     layers_active,

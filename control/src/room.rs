@@ -789,7 +789,12 @@ impl Rooms {
             mid: short(&m.mid),
             mid_ext: ext_id(m, "mid"),
             rid_ext: ext_id(m, "rid"),
-            rrid_ext: ext_id(m, "rrid"),
+            // byte 20: repaired-RID on video, the RFC 6464 audio-level ext id on audio (ABI 3)
+            rrid_ext: if m.video {
+                ext_id(m, "rrid")
+            } else {
+                ext_id(m, "audio_level")
+            },
             twcc_ext: ext_id(m, "twcc"),
             n_encodings: n as u8,
             encodings,
@@ -1376,6 +1381,8 @@ mod tests {
             ext: ExtIds {
                 mid: 4,
                 rid: if rids.is_empty() { 0 } else { 10 },
+                rrid: if rids.is_empty() { 0 } else { 11 },
+                audio_level: if kind == Kind::Audio { 1 } else { 0 },
                 twcc: 3,
                 ..ExtIds::default()
             },
@@ -1456,6 +1463,10 @@ mod tests {
         assert_eq!(tracks.len(), 2);
         assert_eq!(tracks[1].n_encodings, 3);
         assert_eq!(tracks[1].rid_ext, 10);
+        // TrackSpec byte 20: repaired-RID for video, the audio-level ext id for audio (ABI 3)
+        assert_eq!(tracks[1].repaired_rid_ext(), 11);
+        assert_eq!(tracks[0].kind, MediaKind::Audio);
+        assert_eq!(tracks[0].audio_level_ext(), 1);
         assert_eq!(tracks[1].encodings[2].rid.as_bytes(), b"f");
         let (v, _) = join(&mut r, "a", SessionKind::Viewer, 2, 11);
         let cmds = r.handle_connected(&v, keys()).expect("known");

@@ -96,6 +96,8 @@ pub struct WsCounters {
     pub closed_idle: AtomicU64,
     /// Engine slot re-mappings (legs added/removed/re-layered) done for media plans.
     pub slot_cmds: AtomicU64,
+    /// Speaking-order changes (engine audio levels) that re-planned a session's slots.
+    pub audio_reranks: AtomicU64,
 }
 
 impl Default for WsCounters {
@@ -110,6 +112,7 @@ impl Default for WsCounters {
             closed_slow: AtomicU64::new(0),
             closed_idle: AtomicU64::new(0),
             slot_cmds: AtomicU64::new(0),
+            audio_reranks: AtomicU64::new(0),
         }
     }
 }
@@ -172,12 +175,13 @@ impl WsCounters {
                 self.refused[c.index()].load(Ordering::Relaxed)
             );
         }
-        let pairs: [(&str, &AtomicU64); 5] = [
+        let pairs: [(&str, &AtomicU64); 6] = [
             ("ils_ws_frames_serialized_total", &self.serialized),
             ("ils_ws_lagged_total", &self.lagged),
             ("ils_ws_closed_slow_total", &self.closed_slow),
             ("ils_ws_closed_idle_total", &self.closed_idle),
             ("ils_ws_slot_commands_total", &self.slot_cmds),
+            ("ils_ws_audio_reranks_total", &self.audio_reranks),
         ];
         for (n, v) in pairs {
             let _ = writeln!(out, "# TYPE {n} counter");
@@ -230,13 +234,144 @@ pub fn default_size(videos: usize) -> SlotSize {
     }
 }
 
+/// A speaker must be louder than the one ranked just above it, by [`AUDIO_LEVEL_MARGIN`],
+/// continuously for this long before it moves up (and takes an audio slot from a quieter one).
+/// Default 1 s: slots do not flap on a cough or between words; a new speaker is heard within
+/// ~1.2 s (engine smoothing + report interval + this hold).
+pub const AUDIO_SLOT_HOLD: Duration = Duration::from_secs(1);
+/// How much louder (dB, RFC 6464 levels) a speaker must be than the one above it to challenge
+/// it. Default 6 dB: equal voices do not trade places; silence (127) never displaces speech.
+pub const AUDIO_LEVEL_MARGIN: u8 = 6;
+
+/// One ranked audio source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ranked {
+    pid: Pid,
+    /// Smoothed level from the engine: 0 loudest ..= 127 silence.
+    level: u8,
+    /// Since when (session ms) it has been louder than the source ranked just above it.
+    challenge: Option<u64>,
+}
+
+/// The session's audio sources ranked for audio slots, loudest first, with hysteresis
+/// ([`AUDIO_SLOT_HOLD`], [`AUDIO_LEVEL_MARGIN`]). Sans-IO: levels and `now` come from the
+/// caller. Used only where a subscriber has fewer audio slots than there are audio sources
+/// ([`plan_slots_ranked`]). Bounded by the session's publishers (one entry per source that
+/// reported a level; [`AudioRank::retain`] drops those that stopped publishing).
+#[derive(Debug, Default, Clone)]
+pub struct AudioRank {
+    order: Vec<Ranked>,
+}
+
+impl AudioRank {
+    /// Record the latest smoothed level of `pid` (a new source is ranked last).
+    pub fn set_level(&mut self, pid: Pid, level: u8) {
+        match self.order.iter_mut().find(|r| r.pid == pid) {
+            Some(r) => r.level = level.min(127),
+            None => self.order.push(Ranked {
+                pid,
+                level: level.min(127),
+                challenge: None,
+            }),
+        }
+    }
+
+    /// Keep only the sources `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(Pid) -> bool) {
+        self.order.retain(|r| keep(r.pid));
+    }
+
+    /// Re-rank at `now_ms`: a source that has been louder (by the margin) than some source
+    /// ranked above it, continuously for [`AUDIO_SLOT_HOLD`], moves up to just above the
+    /// highest-ranked source it is that much louder than (never above a source louder than
+    /// itself). Returns whether the order changed.
+    pub fn update(&mut self, now_ms: u64) -> bool {
+        let hold = AUDIO_SLOT_HOLD.as_millis() as u64;
+        let louder = |b: u8, a: u8| u16::from(b) + u16::from(AUDIO_LEVEL_MARGIN) <= u16::from(a);
+        let mut changed = false;
+        for i in 1..self.order.len() {
+            let b = self.order[i].level;
+            let Some(j) = (0..i).find(|&j| louder(b, self.order[j].level)) else {
+                self.order[i].challenge = None;
+                continue;
+            };
+            let since = *self.order[i].challenge.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) < hold {
+                continue;
+            }
+            let k = (j..i)
+                .rev()
+                .find(|&x| self.order[x].level < b)
+                .map_or(j, |x| x + 1);
+            if k < i {
+                self.order[i].challenge = None;
+                self.order[k..=i].rotate_right(1);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Sources, loudest (held) first.
+    pub fn order(&self) -> Vec<Pid> {
+        self.order.iter().map(|r| r.pid).collect()
+    }
+}
+
 /// Map `feeds` (already filtered to what this subscriber may see, in display order) into the
 /// subscriber's fixed `slots`: the i-th video slot shows the i-th feed with video, the i-th
 /// audio slot the i-th feed with audio; extra slots stay empty, extra feeds are not shown.
 /// Sans-IO and deterministic.
 pub fn plan_slots(feeds: &[Feed], slots: &[SlotDesc], sizes: &HashMap<u32, SlotSize>) -> SlotPlan {
+    plan_slots_ranked(feeds, slots, sizes, &[], &[])
+}
+
+/// The feed shown in each audio slot. With no more audio feeds than audio slots: in display
+/// order (nothing depends on levels). With more: the `na` best by `rank` (loudest first, see
+/// [`AudioRank`]; unranked feeds after ranked ones, in display order), each keeping the slot
+/// it had in `prev` (the subscriber's previous audio mapping) so that only the displaced
+/// speaker's slot changes.
+fn pick_audio<'f>(
+    audios: &[&'f Feed],
+    na: usize,
+    rank: &[Pid],
+    prev: &[Option<Pid>],
+) -> Vec<Option<&'f Feed>> {
+    if audios.len() <= na {
+        return (0..na).map(|i| audios.get(i).copied()).collect();
+    }
+    let mut ranked: Vec<&Feed> = audios.to_vec();
+    // stable: equal keys keep display order
+    ranked.sort_by_key(|f| rank.iter().position(|p| *p == f.pid).unwrap_or(usize::MAX));
+    ranked.truncate(na);
+    let mut out: Vec<Option<&Feed>> = vec![None; na];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Some(Some(p)) = prev.get(i) {
+            if let Some(k) = ranked.iter().position(|f| f.pid == *p) {
+                *slot = Some(ranked.remove(k));
+            }
+        }
+    }
+    let mut rest = ranked.into_iter();
+    for slot in out.iter_mut().filter(|s| s.is_none()) {
+        *slot = rest.next();
+    }
+    out
+}
+
+/// [`plan_slots`] with audio slots following the loudest speakers: `rank` is the session's
+/// [`AudioRank::order`], `prev` this subscriber's previous audio mapping (per audio slot).
+pub fn plan_slots_ranked(
+    feeds: &[Feed],
+    slots: &[SlotDesc],
+    sizes: &HashMap<u32, SlotSize>,
+    rank: &[Pid],
+    prev: &[Option<Pid>],
+) -> SlotPlan {
     let videos: Vec<&Feed> = feeds.iter().filter(|f| f.video).collect();
-    let audios: Vec<&Feed> = feeds.iter().filter(|f| f.audio).collect();
+    let all_audios: Vec<&Feed> = feeds.iter().filter(|f| f.audio).collect();
+    let na = slots.iter().filter(|s| s.kind == MediaKind::Audio).count();
+    let audios = pick_audio(&all_audios, na, rank, prev);
     let dflt = default_size(
         videos
             .len()
@@ -256,7 +391,7 @@ pub fn plan_slots(feeds: &[Feed], slots: &[SlotDesc], sizes: &HashMap<u32, SlotS
                 (f, want)
             }
             MediaKind::Audio => {
-                let f = audios.get(ai).copied();
+                let f = audios.get(ai).copied().flatten();
                 ai += 1;
                 (f, 0)
             }
@@ -329,12 +464,18 @@ struct Sub {
     slots: Vec<SlotDesc>,
     sizes: HashMap<u32, SlotSize>,
     last: Option<Utf8Bytes>,
+    /// Who each audio slot carried after the last plan (keeps speakers in their slot).
+    audio_prev: Vec<Option<Pid>>,
 }
 
 /// The session core and the media of its participants.
 pub(crate) struct Core {
     pub(crate) session: Session,
     media: HashMap<Pid, PMedia>,
+    /// Audio sources ranked by loudness (engine `AudioLevels`), for audio slots.
+    audio: AudioRank,
+    /// Audio track handles registered in [`Hub`]'s track index by this session.
+    audio_tracks: Vec<u32>,
 }
 
 /// One ILS session (named like its room): core, media and fan-out channels.
@@ -368,6 +509,8 @@ impl IlsRoom {
             core: tokio::sync::Mutex::new(Core {
                 session: Session::new(SessionConfig::default()),
                 media: HashMap::new(),
+                audio: AudioRank::default(),
+                audio_tracks: Vec::new(),
             }),
             tx,
             handles: Mutex::new(HashMap::new()),
@@ -459,6 +602,10 @@ pub struct Hub {
     pub counters: WsCounters,
     /// Session-core counters of sessions already dropped (totals stay monotonic).
     gone: Mutex<ils_session::Counters>,
+    /// Publisher audio track handle -> (session name, participant): where engine audio levels
+    /// go. Rebuilt per session by every full media-plan pass; bounded by the live sessions'
+    /// publishers (entries of a dropped session are removed with it).
+    audio_tracks: Mutex<HashMap<u32, (String, Pid)>>,
 }
 
 /// Why a session could not be created or found.
@@ -537,6 +684,9 @@ impl Hub {
             if rooms.get(room).is_some_and(|x| Arc::ptr_eq(x, r)) {
                 rooms.remove(room);
             }
+        }
+        if let Ok(mut t) = self.audio_tracks.lock() {
+            t.retain(|_, (n, _)| n != room);
         }
     }
 
@@ -935,6 +1085,7 @@ async fn subscribe(
         slots: slots.clone(),
         sizes: HashMap::new(),
         last: None,
+        audio_prev: Vec::new(),
     };
     let old = match core.media.get_mut(&pid) {
         Some(m) => m.subscriber.replace(sub).map(|s| s.id),
@@ -1017,6 +1168,39 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
                 .unwrap_or_default(),
         })
     };
+    // audio track index for engine levels; forget ranks of sources that stopped publishing
+    if only.is_none() {
+        let mut tracks: Vec<(u32, Pid)> = Vec::new();
+        for (pid, m) in &core.media {
+            if !plan
+                .source(*pid)
+                .is_some_and(|s| s.publishing && s.may_publish)
+            {
+                continue;
+            }
+            let Some(rs) = m.publisher.as_ref().and_then(|id| rooms.session(id)) else {
+                continue;
+            };
+            tracks.extend(
+                rs.media
+                    .iter()
+                    .filter(|m| !m.video)
+                    .map(|m| (m.track, *pid)),
+            );
+        }
+        if let Ok(mut idx) = app.ils.audio_tracks.lock() {
+            for t in core.audio_tracks.drain(..) {
+                idx.remove(&t);
+            }
+            for (t, pid) in &tracks {
+                idx.insert(*t, (room.name.clone(), *pid));
+            }
+        }
+        core.audio_tracks = tracks.iter().map(|(t, _)| *t).collect();
+        core.audio
+            .retain(|pid| tracks.iter().any(|(_, p)| *p == pid));
+    }
+    let rank = core.audio.order();
     let mut by_place: HashMap<u8, Vec<Feed>> = HashMap::new();
     for p in Place::ALL {
         let feeds: Vec<Feed> = plan
@@ -1042,8 +1226,9 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
         cmds.extend(rooms.set_public(&id, public).unwrap_or_default());
     }
     // 3. subscribers
-    // Key: (place, the subscriber itself when it is among the feeds, video slots, audio slots).
-    type Key = (u8, Option<Pid>, u32, u32);
+    // Key: (place, the subscriber itself when it is among the feeds, video slots, audio slots,
+    // previous audio mapping).
+    type Key = (u8, Option<Pid>, u32, u32, Vec<Option<Pid>>);
     let mut cache: HashMap<Key, Arc<(SlotPlan, Utf8Bytes)>> = HashMap::new();
     let pids: Vec<Pid> = match only {
         Some(o) => o.to_vec(),
@@ -1073,7 +1258,7 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
                 .filter(|f| Some(f.pid) != me_in)
                 .cloned()
                 .collect();
-            let p = plan_slots(&own, &sub.slots, &sub.sizes);
+            let p = plan_slots_ranked(&own, &sub.slots, &sub.sizes, &rank, &sub.audio_prev);
             c.serialized.fetch_add(1, Ordering::Relaxed);
             let json = Utf8Bytes::from(
                 ServerMsg::Slots {
@@ -1086,13 +1271,19 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
         let planned = if sub.sizes.is_empty() {
             Arc::clone(
                 cache
-                    .entry((place_index(place), me_in, nv, na))
+                    .entry((place_index(place), me_in, nv, na, sub.audio_prev.clone()))
                     .or_insert_with(|| compute(sub)),
             )
         } else {
             compute(sub)
         };
         let (p, json) = (&planned.0, &planned.1);
+        sub.audio_prev = p
+            .mapping
+            .iter()
+            .filter(|m| m.kind == MediaKind::Audio)
+            .map(|m| m.participant)
+            .collect();
         for (d, feed) in sub.slots.iter().zip(p.feeds.iter()) {
             let pin = feed.as_ref().map(|(s, l)| (s.as_str(), *l));
             match rooms.set_slot(&sub.id, &d.mid, pin) {
@@ -1122,6 +1313,43 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
     // `set_public` may have changed WHEP viewers' legs, which are persisted.
     if only.is_none() {
         app.persist(&rooms);
+    }
+}
+
+/// Engine `AudioLevels` (one shard's report): update the speaking order of the sessions the
+/// tracks belong to and re-plan the slots of each session whose order changed (a `slots`
+/// message goes only to subscribers whose mapping changed, serialized once per mapping).
+/// Tracks that are not ILS publisher audio (WHIP publishers, unknown) are ignored.
+pub async fn audio_levels(app: &Arc<App>, levels: &[(u32, u8)]) {
+    let mut per_room: HashMap<String, Vec<(Pid, u8)>> = HashMap::new();
+    if let Ok(idx) = app.ils.audio_tracks.lock() {
+        for (track, level) in levels {
+            if let Some((room, pid)) = idx.get(track) {
+                per_room
+                    .entry(room.clone())
+                    .or_default()
+                    .push((*pid, *level));
+            }
+        }
+    }
+    for (name, lv) in per_room {
+        let Some(room) = app.ils.get(&name) else {
+            continue;
+        };
+        let changed = {
+            let mut core = room.core.lock().await;
+            for (pid, l) in lv {
+                core.audio.set_level(pid, l);
+            }
+            core.audio.update(room.now_ms())
+        };
+        if changed {
+            app.ils
+                .counters
+                .audio_reranks
+                .fetch_add(1, Ordering::Relaxed);
+            apply_plan(app, &room, None).await;
+        }
     }
 }
 
@@ -1510,6 +1738,124 @@ mod tests {
             mid: format!("a{i}"),
         });
         v.chain(a).collect()
+    }
+
+    /// A subscriber with 0 video and 2 audio slots following `rank` over time.
+    struct Listener {
+        feeds: Vec<Feed>,
+        prev: Vec<Option<Pid>>,
+        messages: usize,
+    }
+
+    impl Listener {
+        fn new(n: u64) -> Self {
+            Listener {
+                feeds: (1..=n).map(|p| feed(p, true, true, &[])).collect(),
+                prev: Vec::new(),
+                messages: 0,
+            }
+        }
+        /// Re-plan with `rank`; returns the audio slots' participants.
+        fn plan(&mut self, rank: &AudioRank) -> Vec<Option<u64>> {
+            let p = plan_slots_ranked(
+                &self.feeds,
+                &slots(0, 2),
+                &HashMap::new(),
+                &rank.order(),
+                &self.prev,
+            );
+            let now: Vec<Option<Pid>> = p.mapping.iter().map(|m| m.participant).collect();
+            if now != self.prev {
+                self.messages += 1;
+            }
+            self.prev = now;
+            self.prev.iter().map(|p| p.map(|p| p.0)).collect()
+        }
+    }
+
+    /// Feed levels (pid, level) every 200 ms from `from_ms` for `ms`; the engine's report rate.
+    fn talk(rank: &mut AudioRank, levels: &[(u64, u8)], from_ms: u64, ms: u64) -> u64 {
+        let mut t = from_ms;
+        while t < from_ms + ms {
+            t += 200;
+            for (p, l) in levels {
+                rank.set_level(Pid(*p), *l);
+            }
+            rank.update(t);
+        }
+        t
+    }
+
+    #[test]
+    fn audio_slots_follow_the_two_loudest_of_four_with_hysteresis() {
+        let mut rank = AudioRank::default();
+        let mut sub = Listener::new(4);
+        assert_eq!(
+            sub.plan(&rank),
+            vec![Some(1), Some(2)],
+            "no levels yet: display order"
+        );
+        // 3 and 4 talk, 1 and 2 are silent: after the hold, 3 and 4 hold the slots
+        let quiet_talk = [(1, 127), (2, 127), (3, 20), (4, 30)];
+        let t = talk(&mut rank, &quiet_talk, 0, 600);
+        assert_eq!(
+            sub.plan(&rank),
+            vec![Some(1), Some(2)],
+            "within the hold: unchanged"
+        );
+        let t = talk(&mut rank, &quiet_talk, t, 1000);
+        assert_eq!(sub.plan(&rank), vec![Some(3), Some(4)], "the two loudest");
+        assert_eq!(rank.order()[..2], [Pid(3), Pid(4)]);
+        // 1 starts talking louder than 4 (the quieter slot holder): takes 4's slot, not 3's,
+        // and only after the hold time
+        let three = [(1, 10), (2, 127), (3, 20), (4, 30)];
+        let t2 = talk(&mut rank, &three, t, 800);
+        assert_eq!(sub.plan(&rank), vec![Some(3), Some(4)], "0.8 s < hold");
+        let t = talk(&mut rank, &three, t2, 400);
+        assert_eq!(
+            sub.plan(&rank),
+            vec![Some(3), Some(1)],
+            "1 took the quieter slot (4's)"
+        );
+        // a silent speaker never displaces a talking one, however long
+        let t = talk(&mut rank, &[(2, 127), (1, 10), (3, 20), (4, 127)], t, 5000);
+        assert_eq!(sub.plan(&rank), vec![Some(3), Some(1)]);
+        // equal voices (within the margin) do not trade places: no flapping
+        let before = sub.messages;
+        let mut t = t;
+        for k in 0..20 {
+            let (a, b) = if k % 2 == 0 { (18, 22) } else { (22, 18) };
+            t = talk(&mut rank, &[(1, a), (3, b), (4, 20), (2, 127)], t, 400);
+            sub.plan(&rank);
+        }
+        assert_eq!(
+            sub.messages, before,
+            "no slot change among equally loud speakers"
+        );
+        // a speaker who flickers loud for less than the hold never gets in
+        for _ in 0..10 {
+            t = talk(&mut rank, &[(2, 0), (1, 20), (3, 20), (4, 20)], t, 600);
+            t = talk(&mut rank, &[(2, 127), (1, 20), (3, 20), (4, 20)], t, 600);
+            assert!(!sub.plan(&rank).contains(&Some(2)));
+        }
+    }
+
+    #[test]
+    fn audio_slots_ignore_levels_when_sources_fit() {
+        let mut rank = AudioRank::default();
+        talk(&mut rank, &[(2, 0), (1, 127)], 0, 3000);
+        assert_eq!(rank.order(), vec![Pid(2), Pid(1)]);
+        let feeds = vec![feed(1, true, false, &[]), feed(2, true, false, &[])];
+        let p = plan_slots_ranked(&feeds, &slots(0, 2), &HashMap::new(), &rank.order(), &[]);
+        let who: Vec<_> = p.mapping.iter().map(|m| m.participant).collect();
+        assert_eq!(
+            who,
+            vec![Some(Pid(1)), Some(Pid(2))],
+            "display order: unchanged"
+        );
+        // a source that stopped publishing is forgotten
+        rank.retain(|p| p != Pid(2));
+        assert_eq!(rank.order(), vec![Pid(1)]);
     }
 
     #[test]

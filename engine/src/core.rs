@@ -27,7 +27,10 @@ use ils_rtp::rtcp::{self as rtcpw, RecvStats, RtcpPacket};
 use ils_rtp::rtx::RtxCache;
 use ils_rtp::twcc::TwccRecorder;
 use ils_rtp::vp8::Vp8Rewriter;
-use ils_shm::{Command, Counter, Event, LegSpec, MediaKind, RejectReason, Seq, TrackSpec};
+use ils_shm::{
+    AudioLevels, Command, Counter, Event, LegSpec, MediaKind, RejectReason, Seq, TrackSpec,
+    AUDIO_LEVEL_ENTRY, AUDIO_LEVEL_SILENT, MAX_AUDIO_LEVELS,
+};
 use ils_srtp::{Profile, SrtpContext};
 use ils_stun::{IceEvent, IceLite, IceOutcome, StunMessage};
 use rustc_hash::FxHasher;
@@ -68,6 +71,63 @@ pub const MAX_STATS_EVENTS_PER_REPORT: usize = 512;
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Simulcast encodings per track.
 pub const MAX_LAYERS: usize = 3;
+/// Interval of `Event::AudioLevels` reports (per shard, one event per interval at most).
+/// Default 200 ms: control re-ranks speakers at 5 Hz, well under its 1 s slot hold time. Event
+/// rate bound: 5 events/s per shard (each ≤ `ils_shm::MAX_AUDIO_LEVELS` entries, 1.3 KB).
+pub const AUDIO_LEVEL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Smoothed RFC 6464 level of one audio track, in 1/16 dB steps (0 = 0 dBov loudest,
+/// 127·16 = silence). Fast attack (¼ of the step per packet ≈ 80 ms at 20 ms packets), slow
+/// release (1/16 per packet ≈ 320 ms), so a speaker ranks up quickly and fades smoothly
+/// between words. Fixed size, no allocation per packet.
+#[derive(Clone, Copy)]
+struct AudioLevel {
+    /// Smoothed level × 16.
+    smoothed: u16,
+    /// A packet carrying the extension arrived since the last report.
+    seen: bool,
+    /// The last report was silence (so a quiet track is reported once, not every interval).
+    silent_reported: bool,
+}
+
+impl AudioLevel {
+    const SILENT: u16 = AUDIO_LEVEL_SILENT as u16 * 16;
+
+    fn new() -> Self {
+        AudioLevel {
+            smoothed: Self::SILENT,
+            seen: false,
+            silent_reported: true,
+        }
+    }
+
+    /// One packet's extension byte (`V` flag in bit 7, level in bits 0..7).
+    fn on_packet(&mut self, byte: u8) {
+        let x = u16::from(byte & 0x7f) * 16;
+        let s = self.smoothed;
+        self.smoothed = if x < s {
+            s - (s - x).div_ceil(4)
+        } else {
+            s + (x - s) / 16
+        };
+        self.seen = true;
+    }
+
+    /// The level to report this interval, if any (see `Core::audio_level_events`).
+    fn take_report(&mut self) -> Option<u8> {
+        if !std::mem::take(&mut self.seen) {
+            // nothing received for a whole interval: the track is silent (muted, DTX, gone)
+            self.smoothed = Self::SILENT;
+            if std::mem::replace(&mut self.silent_reported, true) {
+                return None;
+            }
+            return Some(AUDIO_LEVEL_SILENT);
+        }
+        let l = ((self.smoothed + 8) / 16).min(u16::from(AUDIO_LEVEL_SILENT)) as u8;
+        let was_silent = std::mem::replace(&mut self.silent_reported, l == AUDIO_LEVEL_SILENT);
+        (l != AUDIO_LEVEL_SILENT || !was_silent).then_some(l)
+    }
+}
 /// SSRC the engine uses as RTCP sender SSRC towards publishers.
 pub const ENGINE_RTCP_SSRC: u32 = 0x1153_0001;
 
@@ -151,6 +211,8 @@ struct Track {
     layers: [Layer; MAX_LAYERS],
     packets: u64,
     bytes: u64,
+    /// Home audio tracks whose publisher negotiated `ssrc-audio-level`: the smoothed level.
+    level: Option<AudioLevel>,
 }
 
 struct Leg {
@@ -216,6 +278,11 @@ pub struct Core {
     next_tick: Option<Instant>,
     next_twcc: Option<Instant>,
     next_report: Option<Instant>,
+    next_levels: Option<Instant>,
+    /// The entries of the next `AudioLevels` event (built without allocating).
+    level_scratch: Box<[u8; MAX_AUDIO_LEVELS * AUDIO_LEVEL_ENTRY]>,
+    /// Round robin over more than `MAX_AUDIO_LEVELS` reporting tracks: the last track reported.
+    level_cursor: u32,
     scratch: Box<[u8; 2048]>,
     nack_scratch: [u16; 64],
     id_scratch: Vec<u32>,
@@ -257,6 +324,9 @@ impl Core {
             next_tick: None,
             next_twcc: None,
             next_report: None,
+            next_levels: None,
+            level_scratch: Box::new([0; MAX_AUDIO_LEVELS * AUDIO_LEVEL_ENTRY]),
+            level_cursor: 0,
             scratch: Box::new([0; 2048]),
             nack_scratch: [0; 64],
             id_scratch: Vec::with_capacity(MAX_TRACKS),
@@ -512,8 +582,9 @@ impl Core {
             let rid = (s.rid_ext != 0)
                 .then(|| find_ext(pkt, hdr, s.rid_ext))
                 .flatten();
-            let rrid = (s.rrid_ext != 0)
-                .then(|| find_ext(pkt, hdr, s.rrid_ext))
+            // byte 20 is the audio-level ext id on audio tracks: only video has repaired RIDs
+            let rrid = (s.repaired_rid_ext() != 0)
+                .then(|| find_ext(pkt, hdr, s.repaired_rid_ext()))
                 .flatten();
             let (name, rtx) = match (rid, rrid) {
                 (Some(r), _) => (Some(r), false),
@@ -584,6 +655,13 @@ impl Core {
             .on_packet(now, hdr.seq, hdr.ts);
         layer.nack.on_packet(now, hdr.seq);
         layer.packets += 1;
+        if let Some(lv) = track.level.as_mut() {
+            match find_ext(pkt, &hdr, track.spec.audio_level_ext()) {
+                Some(&[byte]) => lv.on_packet(byte),
+                Some(_) => self.counters.inc(Counter::AudioLevelMalformed),
+                None => {}
+            }
+        }
         track.packets += 1;
         track.bytes += pkt.len() as u64;
         let keyframe = match track.spec.kind {
@@ -1301,6 +1379,7 @@ impl Core {
                 layers: [layer_new(iv), layer_new(iv), layer_new(iv)],
                 packets: 0,
                 bytes: 0,
+                level: (home && spec.audio_level_ext() != 0).then(AudioLevel::new),
             },
         );
         Ok(())
@@ -1482,6 +1561,7 @@ impl Core {
             self.next_tick = Some(now + TICK);
             self.next_twcc = Some(now + TWCC_INTERVAL);
             self.next_report = Some(now + REPORT_INTERVAL);
+            self.next_levels = Some(now + AUDIO_LEVEL_INTERVAL);
         }
     }
 
@@ -1558,6 +1638,55 @@ impl Core {
         if self.next_report.is_some_and(|t| now >= t) {
             self.next_report = Some(now + REPORT_INTERVAL);
             self.reports(now, tx, out);
+        }
+        if self.next_levels.is_some_and(|t| now >= t) {
+            self.next_levels = Some(now + AUDIO_LEVEL_INTERVAL);
+            self.audio_level_events(out);
+        }
+    }
+
+    /// One `AudioLevels` event per `AUDIO_LEVEL_INTERVAL` with the smoothed level of every home
+    /// audio track that received the extension during the interval, plus a single 127 for a
+    /// track that went quiet (no packet for a whole interval); nothing when nothing changed
+    /// that way. Over `MAX_AUDIO_LEVELS` such tracks, reporting resumes after the last one
+    /// reported (round robin by track id) and the rest keep their state for the next interval.
+    fn audio_level_events(&mut self, out: &mut dyn Outbox) {
+        let mut ids = std::mem::take(&mut self.id_scratch);
+        ids.clear();
+        ids.extend(
+            self.tracks
+                .iter()
+                .filter(|(_, t)| t.level.is_some())
+                .map(|(&id, _)| id),
+        );
+        ids.sort_unstable();
+        let start = if ids.len() > MAX_AUDIO_LEVELS {
+            ids.partition_point(|&id| id <= self.level_cursor)
+        } else {
+            0
+        };
+        let mut n = 0;
+        for k in 0..ids.len() {
+            if n == MAX_AUDIO_LEVELS {
+                break;
+            }
+            let id = ids[(start + k) % ids.len()];
+            let Some(lv) = self.tracks.get_mut(&id).and_then(|t| t.level.as_mut()) else {
+                continue;
+            };
+            if let Some(l) = lv.take_report() {
+                if AudioLevels::put(&mut self.level_scratch[..], n, id, l) {
+                    n += 1;
+                    self.level_cursor = id;
+                }
+            }
+        }
+        self.id_scratch = ids;
+        if n == 0 {
+            return;
+        }
+        if let Ok(l) = AudioLevels::new(&self.level_scratch[..n * AUDIO_LEVEL_ENTRY]) {
+            out.event(0, &Event::AudioLevels(l));
         }
     }
 
@@ -1876,5 +2005,203 @@ mod tests {
             n as usize,
             "every transport reported within two intervals"
         );
+    }
+    mod audio_level {
+        use super::*;
+        use crate::fuzz::{
+            audio_spec, rtp_packet, Fixture, AUDIO_PT, AUDIO_SSRC, AUDIO_TRACK, FUZZ_KEY,
+            FUZZ_SALT, LEG_AUDIO_SSRC, MID_EXT, PROFILES, PUB_ADDR, SUB_TRANSPORT,
+        };
+
+        const AL_EXT: u8 = 5;
+
+        struct Pub {
+            f: Fixture,
+            srtp: SrtpContext,
+            seq: u16,
+            out: VecOutbox,
+        }
+
+        /// The fuzz fixture (publisher + subscriber with SRTP) with its audio track
+        /// re-added with the audio-level extension negotiated.
+        fn publisher(level_ext: u8) -> Pub {
+            let mut f = Fixture::new(PROFILES[0]);
+            let now = f.now;
+            let mut out = VecOutbox::default();
+            let mut spec = audio_spec();
+            spec.rrid_ext = level_ext;
+            let mut ext_map = [(0u8, 0u8); 16];
+            ext_map[0] = (MID_EXT, MID_EXT);
+            let leg = LegSpec {
+                leg: 101,
+                track: AUDIO_TRACK,
+                transport: SUB_TRANSPORT,
+                ssrc: LEG_AUDIO_SSRC,
+                pt: AUDIO_PT,
+                n_ext_map: 1,
+                ext_map,
+                ..LegSpec::default()
+            };
+            for (i, c) in [
+                Command::RemoveTrack { track: AUDIO_TRACK },
+                Command::AddTrack(spec),
+                Command::AddLeg(leg),
+            ]
+            .iter()
+            .enumerate()
+            {
+                f.core
+                    .handle_command(now, 90 + i as u32, c, &mut f.tx, &mut out);
+            }
+            assert!(
+                out.events.is_empty(),
+                "re-adding the audio track is accepted"
+            );
+            let p = PROFILES[0];
+            let srtp = SrtpContext::new(
+                p,
+                &FUZZ_KEY[..p.master_key_len()],
+                &FUZZ_SALT[..p.master_salt_len()],
+            )
+            .unwrap();
+            Pub {
+                f,
+                srtp,
+                seq: 1,
+                out,
+            }
+        }
+
+        impl Pub {
+            /// 20 ms of Opus carrying `ext` as the audio-level extension (None: no extension).
+            fn packet(&mut self, ext: Option<&[u8]>) {
+                self.f.now += Duration::from_millis(20);
+                let mut exts: Vec<(u8, &[u8])> = vec![(MID_EXT, b"1")];
+                if let Some(v) = ext {
+                    exts.push((AL_EXT, v));
+                }
+                let seq = self.seq;
+                self.seq = self.seq.wrapping_add(1);
+                let plain = rtp_packet(
+                    AUDIO_PT,
+                    seq,
+                    u32::from(seq) * 960,
+                    AUDIO_SSRC,
+                    &exts,
+                    &[1; 40],
+                );
+                let mut buf = vec![0u8; plain.len() + 64];
+                buf[..plain.len()].copy_from_slice(&plain);
+                let n = self.srtp.protect_rtp(&mut buf, plain.len()).unwrap();
+                let now = self.f.now;
+                self.f.core.handle_datagram(
+                    now,
+                    PUB_ADDR,
+                    &mut buf[..n],
+                    &mut self.f.tx,
+                    &mut self.out,
+                );
+                self.timers();
+            }
+
+            fn idle(&mut self, ms: u64) {
+                for _ in 0..ms / 10 {
+                    self.f.now += Duration::from_millis(10);
+                    self.timers();
+                }
+            }
+
+            fn timers(&mut self) {
+                let now = self.f.now;
+                if self.f.core.poll_timeout().is_some_and(|t| t <= now) {
+                    self.f
+                        .core
+                        .handle_timeout(now, &mut self.f.tx, &mut self.out);
+                }
+                self.f.tx.clear();
+            }
+
+            /// Every AudioLevels report since the last call, in order.
+            fn reports(&mut self) -> Vec<Vec<(u32, u8)>> {
+                self.out
+                    .events
+                    .drain(..)
+                    .filter_map(|e| match Event::decode(&e) {
+                        Ok((_, Event::AudioLevels(l))) => Some(l.iter().collect()),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        }
+
+        #[test]
+        fn a_talking_track_is_reported_every_interval_with_a_smoothed_level() {
+            let mut p = publisher(AL_EXT);
+            p.reports();
+            // 1 s of loud speech (level 10 dB below full scale, V flag set)
+            for _ in 0..50 {
+                p.packet(Some(&[0x80 | 10]));
+            }
+            let r = p.reports();
+            assert!((4..=6).contains(&r.len()), "one report per 200 ms: {r:?}");
+            for rep in &r {
+                assert_eq!(rep.len(), 1, "one event, one entry per track: {rep:?}");
+                assert_eq!(rep[0].0, AUDIO_TRACK);
+            }
+            // fast attack: from silence (127) to ~10 within the first interval
+            assert!(r[0][0].1 < 40, "attack: {r:?}");
+            assert_eq!(r.last().unwrap()[0].1, 10, "converged: {r:?}");
+            // a 40 ms burst of silence barely moves it (slow release)
+            p.packet(Some(&[127]));
+            p.packet(Some(&[127]));
+            for _ in 0..8 {
+                p.packet(Some(&[10]));
+            }
+            let r = p.reports();
+            assert!(r.iter().all(|rep| rep[0].1 < 40), "release is slow: {r:?}");
+            // the publisher stops sending: one 127, then nothing
+            p.idle(1000);
+            let r = p.reports();
+            assert_eq!(r, vec![vec![(AUDIO_TRACK, 127)]], "quiet once, then silent");
+            // silent packets (DTX) after a silent report: nothing to report
+            for _ in 0..20 {
+                p.packet(Some(&[127]));
+            }
+            assert!(p.reports().is_empty());
+        }
+
+        #[test]
+        fn malformed_or_missing_extension_is_counted_and_ignored() {
+            let mut p = publisher(AL_EXT);
+            p.reports();
+            let before = p.f.core.counters().get(Counter::AudioLevelMalformed);
+            for _ in 0..30 {
+                p.packet(Some(&[1, 2, 3])); // three bytes: not RFC 6464
+            }
+            for _ in 0..30 {
+                p.packet(None);
+            }
+            assert_eq!(
+                p.f.core.counters().get(Counter::AudioLevelMalformed) - before,
+                30
+            );
+            assert!(p.reports().is_empty(), "no level from malformed input");
+            // media still flows to the subscriber's audio leg
+            assert!(
+                p.f.core.counters().get(Counter::ForwardedPackets) >= 60,
+                "forwarded {}",
+                p.f.core.counters().get(Counter::ForwardedPackets)
+            );
+        }
+
+        #[test]
+        fn no_extension_negotiated_means_no_reports() {
+            let mut p = publisher(0);
+            p.reports();
+            for _ in 0..30 {
+                p.packet(Some(&[0x80 | 3]));
+            }
+            assert!(p.reports().is_empty());
+        }
     }
 }

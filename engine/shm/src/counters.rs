@@ -143,10 +143,13 @@ pub enum Counter {
     DropRtxCacheMiss = 50,
     /// Heartbeat stores into the header.
     Heartbeats = 51,
+    /// Audio packets whose `ssrc-audio-level` extension (RFC 6464) was malformed (not exactly one
+    /// byte): the level is ignored, the packet is still forwarded (ABI 3).
+    AudioLevelMalformed = 52,
 }
 
 /// Number of defined counters.
-pub(crate) const COUNTER_COUNT: usize = 52;
+pub(crate) const COUNTER_COUNT: usize = 53;
 
 const _: () = assert!(COUNTER_COUNT <= MAX_COUNTERS);
 
@@ -205,6 +208,7 @@ impl Counter {
         Counter::DropUnknownPt,
         Counter::DropRtxCacheMiss,
         Counter::Heartbeats,
+        Counter::AudioLevelMalformed,
     ];
 
     /// Snake-case name: the Prometheus metric suffix (e.g. `"drop_replay"`).
@@ -262,6 +266,7 @@ impl Counter {
             Counter::DropUnknownPt => "drop_unknown_pt",
             Counter::DropRtxCacheMiss => "drop_rtx_cache_miss",
             Counter::Heartbeats => "heartbeats",
+            Counter::AudioLevelMalformed => "audio_level_malformed",
         }
     }
 

@@ -32,9 +32,10 @@ pub use layout::{
     HEADER_SIZE, MAX_RING_SLOTS, MIN_RING_SLOTS, RING_CTL_SIZE, SIZE_TABLE_CAP,
 };
 pub use msg::{
-    kinds, Command, EncodingSpec, Event, KindInfo, LegSpec, MediaKind, RejectReason, Seq, ShortStr,
-    TrackSpec, COMMAND_KINDS, EVENT_KINDS, MAX_ENCODINGS, MAX_EXT_MAP, MAX_KEY_LEN, MAX_PWD_LEN,
-    MAX_SALT_LEN, MAX_SHORT_STR, MAX_UFRAG_LEN, MSG_HEADER_LEN,
+    kinds, AudioLevels, Command, EncodingSpec, Event, KindInfo, LegSpec, MediaKind, RejectReason,
+    Seq, ShortStr, TrackSpec, AUDIO_LEVEL_ENTRY, AUDIO_LEVEL_SILENT, COMMAND_KINDS, EVENT_KINDS,
+    MAX_AUDIO_LEVELS, MAX_ENCODINGS, MAX_EXT_MAP, MAX_KEY_LEN, MAX_PWD_LEN, MAX_SALT_LEN,
+    MAX_SHORT_STR, MAX_UFRAG_LEN, MSG_HEADER_LEN,
 };
 pub use region::Region;
 pub use ring::{Consumer, Full, Producer};
@@ -43,8 +44,10 @@ pub use ring::{Consumer, Full, Producer};
 pub const MAGIC: [u8; 8] = *b"ILS-SHM\0";
 /// ABI version. Bump on ANY change to the header, ring, counter or message layouts (see
 /// `docs/shm-contract.md`, "ABI versioning rule"). History: 1 = initial contract; 2 = added
-/// `Command::RestartIce` (kind 0x010C).
-pub const ABI_VERSION: u32 = 2;
+/// `Command::RestartIce` (kind 0x010C); 3 = added `Event::AudioLevels` (kind 0x020C), the
+/// `audio_level_malformed` counter, and TrackSpec byte 20 carries the audio-level ext id for
+/// audio tracks.
+pub const ABI_VERSION: u32 = 3;
 /// Bytes per ring slot; one message per slot (header + body must fit).
 pub const SLOT_SIZE: usize = 2048;
 /// Largest `DtlsIn` / `SendDatagram` payload in bytes (one UDP datagram at a 1500-byte path MTU).

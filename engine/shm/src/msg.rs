@@ -31,6 +31,14 @@ pub const MAX_SHORT_STR: usize = 16;
 pub const MAX_ENCODINGS: usize = 3;
 /// Header-extension id mappings per leg.
 pub const MAX_EXT_MAP: usize = 16;
+/// Most (track, level) entries in one `Event::AudioLevels` (ABI 3). Default 256: 5 bytes each,
+/// so the body is at most 2 + 1280 bytes and fits one 2048-byte slot. A shard with more
+/// reporting audio tracks spreads them over several intervals (see `ils-engine`'s core).
+pub const MAX_AUDIO_LEVELS: usize = 256;
+/// Bytes of one `Event::AudioLevels` entry: `track u32 | level u8`.
+pub const AUDIO_LEVEL_ENTRY: usize = 5;
+/// Quietest RFC 6464 level (-127 dBov = silence); levels are 0 (loudest) ..= 127.
+pub const AUDIO_LEVEL_SILENT: u8 = 127;
 
 /// Static description of one message kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +104,8 @@ pub mod kinds {
     pub const STATE_LEG: u16 = 0x020A;
     /// `Event::DumpDone`
     pub const DUMP_DONE: u16 = 0x020B;
+    /// `Event::AudioLevels` (ABI 3)
+    pub const AUDIO_LEVELS: u16 = 0x020C;
 }
 
 const SHORT_STR_WIRE: usize = 1 + MAX_SHORT_STR; // 17
@@ -185,7 +195,7 @@ pub const COMMAND_KINDS: [KindInfo; 12] = [
 ];
 
 /// Every event kind with its body bounds.
-pub const EVENT_KINDS: [KindInfo; 11] = [
+pub const EVENT_KINDS: [KindInfo; 12] = [
     k(kinds::DTLS_IN, "DtlsIn", "evt.DtlsIn", 6, 6 + MAX_DATAGRAM),
     k(
         kinds::TUPLE_LEARNED,
@@ -227,6 +237,13 @@ pub const EVENT_KINDS: [KindInfo; 11] = [
         LEG_SPEC_WIRE,
     ),
     k(kinds::DUMP_DONE, "DumpDone", "evt.DumpDone", 2, 2),
+    k(
+        kinds::AUDIO_LEVELS,
+        "AudioLevels",
+        "evt.AudioLevels",
+        2,
+        2 + MAX_AUDIO_LEVELS * AUDIO_LEVEL_ENTRY,
+    ),
 ];
 
 const _: () = {
@@ -323,7 +340,9 @@ pub struct TrackSpec {
     pub mid_ext: u8,
     /// Publisher's ext id of `sdes:rtp-stream-id`, 0 = none.
     pub rid_ext: u8,
-    /// Publisher's ext id of `sdes:repaired-rtp-stream-id`, 0 = none.
+    /// Video: publisher's ext id of `sdes:repaired-rtp-stream-id`, 0 = none. Audio (ABI 3):
+    /// publisher's ext id of `ssrc-audio-level` (RFC 6464), 0 = none; see
+    /// [`TrackSpec::audio_level_ext`]. One byte serves both: audio tracks have no RTX by RID.
     pub rrid_ext: u8,
     /// Publisher's ext id of transport-wide-cc, 0 = none.
     pub twcc_ext: u8,
@@ -337,6 +356,23 @@ pub struct TrackSpec {
 pub const CODECS: [u8; 6] = [0, 1, 2, 3, 4, 255];
 
 impl TrackSpec {
+    /// The publisher's `ssrc-audio-level` ext id for an audio track (byte 20), 0 = none / video.
+    pub fn audio_level_ext(&self) -> u8 {
+        match self.kind {
+            MediaKind::Audio => self.rrid_ext,
+            MediaKind::Video => 0,
+        }
+    }
+
+    /// The publisher's `repaired-rtp-stream-id` ext id (byte 20 of a video track), 0 = none /
+    /// audio.
+    pub fn repaired_rid_ext(&self) -> u8 {
+        match self.kind {
+            MediaKind::Audio => 0,
+            MediaKind::Video => self.rrid_ext,
+        }
+    }
+
     /// Check every field's domain (also done by encode and decode).
     pub fn validate(&self) -> Result<(), DecodeError> {
         if self.home_shard as usize >= MAX_SHARDS {
@@ -666,6 +702,67 @@ pub enum Event<'a> {
         /// Answering shard.
         shard: u16,
     },
+    /// Periodic smoothed audio levels of the shard's home audio tracks (ABI 3).
+    AudioLevels(AudioLevels<'a>),
+}
+
+/// The entries of an `Event::AudioLevels`: `n` entries of `track u32 | level u8` (level 0 =
+/// loudest ..= 127 = silence, RFC 6464 -dBov). Decoding checked the count and every level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AudioLevels<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> AudioLevels<'a> {
+    /// Wrap encoded entries (`AUDIO_LEVEL_ENTRY` bytes each, e.g. built with
+    /// [`AudioLevels::put`]). Refuses a length that is not a whole number of entries, more than
+    /// `MAX_AUDIO_LEVELS` entries, or a level above 127.
+    pub fn new(raw: &'a [u8]) -> Result<Self, DecodeError> {
+        if raw.len() % AUDIO_LEVEL_ENTRY != 0 || raw.len() / AUDIO_LEVEL_ENTRY > MAX_AUDIO_LEVELS {
+            return Err(DecodeError::BadLength);
+        }
+        if raw
+            .chunks_exact(AUDIO_LEVEL_ENTRY)
+            .any(|c| c[4] > AUDIO_LEVEL_SILENT)
+        {
+            return Err(DecodeError::BadValue("level"));
+        }
+        Ok(AudioLevels { raw })
+    }
+
+    /// Write entry `i` (`track`, `level` clamped to 127) into `buf`; returns false when `buf` is
+    /// too small. Lets the engine build an event in a fixed scratch buffer without allocating.
+    pub fn put(buf: &mut [u8], i: usize, track: u32, level: u8) -> bool {
+        let at = i * AUDIO_LEVEL_ENTRY;
+        let Some(e) = buf.get_mut(at..at + AUDIO_LEVEL_ENTRY) else {
+            return false;
+        };
+        e[..4].copy_from_slice(&track.to_le_bytes());
+        e[4] = level.min(AUDIO_LEVEL_SILENT);
+        true
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.raw.len() / AUDIO_LEVEL_ENTRY
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// `(track, level)` pairs in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u8)> + 'a {
+        self.raw
+            .chunks_exact(AUDIO_LEVEL_ENTRY)
+            .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]), c[4]))
+    }
+
+    /// The encoded entries.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.raw
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1170,6 +1267,7 @@ impl<'a> Event<'a> {
             Event::StateTrack(_) => kinds::STATE_TRACK,
             Event::StateLeg(_) => kinds::STATE_LEG,
             Event::DumpDone { .. } => kinds::DUMP_DONE,
+            Event::AudioLevels(_) => kinds::AUDIO_LEVELS,
         }
     }
 
@@ -1265,6 +1363,11 @@ impl<'a> Event<'a> {
             Event::StateTrack(t) => w.track_spec(t),
             Event::StateLeg(l) => w.leg_spec(l),
             Event::DumpDone { shard } => w.u16(*shard),
+            Event::AudioLevels(l) => {
+                let l = AudioLevels::new(l.raw)?;
+                w.u16(l.len() as u16)?;
+                w.bytes(l.raw)
+            }
         })
     }
 
@@ -1347,6 +1450,13 @@ impl<'a> Event<'a> {
             kinds::STATE_TRACK => Event::StateTrack(r.track_spec()?),
             kinds::STATE_LEG => Event::StateLeg(r.leg_spec()?),
             kinds::DUMP_DONE => Event::DumpDone { shard: r.u16()? },
+            kinds::AUDIO_LEVELS => {
+                let n = r.u16()? as usize;
+                if n > MAX_AUDIO_LEVELS {
+                    return Err(DecodeError::BadValue("n_levels"));
+                }
+                Event::AudioLevels(AudioLevels::new(r.take(n * AUDIO_LEVEL_ENTRY)?)?)
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1495,6 +1605,7 @@ pub(crate) mod tests {
             Event::StateTrack(sample_track()),
             Event::StateLeg(sample_leg()),
             Event::DumpDone { shard: 3 },
+            Event::AudioLevels(AudioLevels::new(&[7, 0, 0, 0, 12, 9, 0, 0, 0, 127]).unwrap()),
         ]
     }
 
@@ -1579,6 +1690,7 @@ pub(crate) mod tests {
             format!("0902 7300 02000000 {}", track_hex()),
             format!("0a02 3900 02000000 {}", leg_hex()),
             "0b02 0200 02000000 0300".into(),
+            "0c02 0c00 02000000 0200 07000000 0c 09000000 7f".into(),
         ]
     }
 
@@ -1600,6 +1712,65 @@ pub(crate) mod tests {
             let got = hex(&enc_evt(e, 2));
             assert_eq!(got, squash(&g), "{e:?}");
         }
+    }
+
+    #[test]
+    fn audio_levels_hostile_decode_and_bounds() {
+        let ok = enc_evt(
+            &Event::AudioLevels(AudioLevels::new(&[1, 0, 0, 0, 5]).unwrap()),
+            1,
+        );
+        let (_, e) = Event::decode(&ok).unwrap();
+        let Event::AudioLevels(l) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(l.iter().collect::<Vec<_>>(), vec![(1, 5)]);
+        // level 128 is outside RFC 6464's 0..=127
+        let mut b = ok.clone();
+        b[14] = 128;
+        assert_eq!(Event::decode(&b), Err(DecodeError::BadValue("level")));
+        // count disagrees with body_len
+        let mut b = ok.clone();
+        b[8] = 2;
+        assert!(Event::decode(&b).is_err());
+        // count above the maximum
+        let mut b = ok.clone();
+        b[8..10].copy_from_slice(&(MAX_AUDIO_LEVELS as u16 + 1).to_le_bytes());
+        assert!(Event::decode(&b).is_err());
+        // encode refuses what decode would refuse
+        assert!(AudioLevels::new(&[0; 4]).is_err());
+        assert!(AudioLevels::new(&[1, 0, 0, 0, 200]).is_err());
+        let full = vec![0u8; (MAX_AUDIO_LEVELS + 1) * AUDIO_LEVEL_ENTRY];
+        assert!(AudioLevels::new(&full).is_err());
+        // the largest event fits a slot and round-trips
+        let mut big = vec![0u8; MAX_AUDIO_LEVELS * AUDIO_LEVEL_ENTRY];
+        for i in 0..MAX_AUDIO_LEVELS {
+            assert!(AudioLevels::put(&mut big, i, i as u32, 200));
+        }
+        assert!(!AudioLevels::put(&mut big, MAX_AUDIO_LEVELS, 1, 1));
+        let e = Event::AudioLevels(AudioLevels::new(&big).unwrap());
+        let b = enc_evt(&e, 3);
+        assert!(b.len() <= SLOT_SIZE);
+        let (_, d) = Event::decode(&b).unwrap();
+        assert_eq!(d, e);
+        let Event::AudioLevels(l) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(l.len(), MAX_AUDIO_LEVELS);
+        assert!(
+            l.iter().all(|(_, v)| v == AUDIO_LEVEL_SILENT),
+            "put clamps to 127"
+        );
+    }
+
+    #[test]
+    fn audio_level_ext_shares_byte_20_with_rrid() {
+        let mut t = sample_track();
+        t.rrid_ext = 4;
+        t.kind = MediaKind::Audio;
+        assert_eq!((t.audio_level_ext(), t.repaired_rid_ext()), (4, 0));
+        t.kind = MediaKind::Video;
+        assert_eq!((t.audio_level_ext(), t.repaired_rid_ext()), (0, 4));
     }
 
     #[test]
@@ -2054,7 +2225,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn event_round_trip(sel in 0usize..11, seq in any::<u32>(), a in any::<u32>(), r in any::<u32>(),
+        fn event_round_trip(sel in 0usize..12, seq in any::<u32>(), a in any::<u32>(), r in any::<u32>(),
                             u in any::<[u64; 5]>(), p16 in any::<u16>(), b8 in any::<u8>(), flag in any::<bool>(),
                             reason in proptest::sample::select(RejectReason::ALL.to_vec()),
                             addr in arb_addr(), sel_addr in proptest::option::of(arb_addr()),
@@ -2072,7 +2243,8 @@ pub(crate) mod tests {
                 7 => Event::StateTransport { transport: a, ufrag: &ufrag, srtp_profile: p16, selected: sel_addr },
                 8 => Event::StateTrack(t),
                 9 => Event::StateLeg(l),
-                _ => Event::DumpDone { shard: p16 },
+                10 => Event::DumpDone { shard: p16 },
+                _ => Event::AudioLevels(AudioLevels::new(&data[..data.len() / 5 * 5]).unwrap_or(AudioLevels::new(&[]).unwrap())),
             };
             let mut out = [0u8; SLOT_SIZE];
             let n = e.encode(seq, &mut out).unwrap();

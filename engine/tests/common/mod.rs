@@ -325,9 +325,10 @@ fn own(e: Event<'_>) -> Ev {
         Event::StateTrack(t) => Ev::StateTrack(t),
         Event::StateLeg(l) => Ev::StateLeg(l),
         Event::DumpDone { shard } => Ev::DumpDone(shard),
-        Event::TransportStats { .. } | Event::LegStats { .. } | Event::TrackStats { .. } => {
-            Ev::Stats
-        }
+        Event::TransportStats { .. }
+        | Event::LegStats { .. }
+        | Event::TrackStats { .. }
+        | Event::AudioLevels(_) => Ev::Stats,
     }
 }
 
