@@ -276,6 +276,14 @@ impl AudioRank {
         }
     }
 
+    /// Rank `pid` last, as silent, if it is not ranked yet (a source that never reported a
+    /// level must still be displaced through the hold, like any quiet one).
+    pub fn ensure(&mut self, pid: Pid) {
+        if !self.order.iter().any(|r| r.pid == pid) {
+            self.set_level(pid, 127);
+        }
+    }
+
     /// Keep only the sources `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(Pid) -> bool) {
         self.order.retain(|r| keep(r.pid));
@@ -1199,6 +1207,11 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
         core.audio_tracks = tracks.iter().map(|(t, _)| *t).collect();
         core.audio
             .retain(|pid| tracks.iter().any(|(_, p)| *p == pid));
+        // sources without a level yet rank last, in display (participant id) order
+        tracks.sort_unstable_by_key(|(_, p)| *p);
+        for (_, pid) in &tracks {
+            core.audio.ensure(*pid);
+        }
     }
     let rank = core.audio.order();
     let mut by_place: HashMap<u8, Vec<Feed>> = HashMap::new();
