@@ -309,6 +309,10 @@ struct Viewer {
     sender_ssrc: u32,
     audio: Option<RxStream>,
     video: Option<RxStream>,
+    /// Further receive slots (a `/ws` subscriber's m-lines after its first audio and first
+    /// video), one stream per answered SSRC; allocated at setup, at most [`sdp::MAX_MEDIA`].
+    /// Loss, order and latency are measured on them; NACK/RR/PLI go to the first two only.
+    extra: Vec<RxStream>,
     rtx_pt: Option<u8>,
     twcc: Option<(u8, TwccRecorder)>,
     next_rr: u64,
@@ -445,6 +449,21 @@ impl Io {
                 let video = v
                     .and_then(|m| m.media_ssrc())
                     .map(|(s, rtx)| RxStream::new(s, rtx, true));
+                let extra: Vec<RxStream> = r
+                    .answer
+                    .media
+                    .iter()
+                    .filter(|m| m.port != 0)
+                    .filter(|m| {
+                        !a.is_some_and(|x| std::ptr::eq(x, *m))
+                            && !v.is_some_and(|x| std::ptr::eq(x, *m))
+                    })
+                    .filter_map(|m| {
+                        m.media_ssrc()
+                            .map(|(s, rtx)| RxStream::new(s, rtx, m.kind == "video"))
+                    })
+                    .take(sdp::MAX_MEDIA)
+                    .collect();
                 let rtx_pt = v.and_then(|m| m.pt_of("VP8").and_then(|p| m.rtx_for(p)));
                 let twcc_id = a
                     .and_then(|m| m.ext_id(sdp::URI_TWCC))
@@ -458,6 +477,7 @@ impl Io {
                     need_keyframe: video.is_some(),
                     audio,
                     video,
+                    extra,
                     rtx_pt,
                     twcc,
                     next_rr: now_ns + RR_INTERVAL.as_nanos() as u64,
@@ -645,6 +665,7 @@ fn on_viewer_rtp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], wire_len: usize, 
     }
     let payload = hdr.payload(pkt);
     let added = v.added_ns;
+    let rtx_pt = v.rtx_pt;
     // Which stream, and is it a retransmission?
     let (stream, seq, body, rtx) = match (&mut v.audio, &mut v.video) {
         (Some(a), _) if a.ssrc == hdr.ssrc => (a, hdr.seq, payload, false),
@@ -661,10 +682,28 @@ fn on_viewer_rtp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], wire_len: usize, 
                 true,
             )
         }
-        _ => {
-            acc.totals.foreign += 1;
-            return;
-        }
+        _ => match v.extra.iter_mut().find(|s| {
+            s.ssrc == hdr.ssrc || (s.rtx_ssrc == Some(hdr.ssrc) && Some(hdr.pt) == rtx_pt)
+        }) {
+            Some(s) if s.ssrc == hdr.ssrc => (s, hdr.seq, payload, false),
+            Some(s) => {
+                let Some(&[a, b]) = payload.get(..2).and_then(|s| <&[u8; 2]>::try_from(s).ok())
+                else {
+                    acc.totals.no_probe += 1;
+                    return;
+                };
+                (
+                    s,
+                    u16::from_be_bytes([a, b]),
+                    payload.get(2..).unwrap_or(&[]),
+                    true,
+                )
+            }
+            None => {
+                acc.totals.foreign += 1;
+                return;
+            }
+        },
     };
     let before = stream.nack_len;
     let r = stream.on_seq(seq, now_ns);
@@ -714,7 +753,11 @@ fn on_rtcp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], now_ns: u64) {
         let Ok(p) = p else { break };
         match (&mut ep.kind, p) {
             (Kind::Viewer(v), RtcpPacket::SenderReport { ssrc, ntp, .. }) => {
-                for s in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
+                for s in [v.audio.as_mut(), v.video.as_mut()]
+                    .into_iter()
+                    .flatten()
+                    .chain(v.extra.iter_mut())
+                {
                     if s.ssrc == ssrc {
                         s.stats.on_sender_report(now, ntp);
                     }
@@ -1288,7 +1331,11 @@ impl Io {
                 Kind::Viewer(v) => {
                     t.viewers += 1;
                     t.viewers_with_media += u64::from(v.got_media);
-                    for s in [v.audio.as_ref(), v.video.as_ref()].into_iter().flatten() {
+                    for s in [v.audio.as_ref(), v.video.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .chain(v.extra.iter())
+                    {
                         t.expected += s.expected();
                         t.received_unique += s.unique;
                         t.duplicates += s.duplicates;

@@ -21,7 +21,8 @@ struct Cli {
     url: String,
     /// Scenario: audio (1 → N audio), ils (1 host audio + 3-layer VP8 simulcast → N), stage
     /// (--hosts hosts → N), audience (N viewers + producer + host in one ILS session over /ws:
-    /// reactions, chat, a poll; needs --secret).
+    /// reactions, chat, a poll; needs --secret), conference (--hosts K all-to-all over /ws: each
+    /// publishes, goes on stage and receives the others through slots; needs --secret).
     #[arg(long, value_enum, default_value = "audio")]
     scenario: Scenario,
     /// Room name.

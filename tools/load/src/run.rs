@@ -47,6 +47,10 @@ pub enum Scenario {
     /// N viewers + 1 producer + 1 host in one ILS session over `/ws`: reactions, chat and a
     /// poll at a realistic rate; measures event fan-out and control CPU ([`crate::ws`]).
     Audience,
+    /// K participants (`--hosts`) all-to-all over `/ws`: each publishes audio + simulcast
+    /// video, goes on stage, and receives the others through K-1 video + min(K-1, 8) audio
+    /// slots ([`crate::ws::conference_join`]).
+    Conference,
 }
 
 /// One run's settings.
@@ -225,6 +229,12 @@ pub struct RunResult {
     pub totals: IoTotals,
     /// Which simulcast layer viewers received (packets per layer q/h/f).
     pub layers_received: [u64; 3],
+    /// Conference: server messages received on the `/ws` sockets, by type.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ws_messages: std::collections::BTreeMap<String, u64>,
+    /// Conference: `/ws` errors by code and server closes.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ws_errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// (join times, join errors, (Location, token) of joined sessions).
@@ -328,7 +338,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     let (video, hosts) = match cfg.scenario {
         Scenario::Audio => (false, 1),
         Scenario::Ils => (true, 1),
-        Scenario::Stage => (true, cfg.hosts),
+        Scenario::Stage | Scenario::Conference => (true, cfg.hosts),
         // INVARIANT: refused at the top of this function.
         Scenario::Audience => unreachable!("audience runs in crate::ws"),
     };
@@ -348,7 +358,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         twcc_interval: cfg.twcc_interval,
         keyframe_interval: cfg.keyframe_interval,
         core: cfg.load_core,
-        expected_endpoints: cfg.viewers + hosts,
+        expected_endpoints: if cfg.scenario == Scenario::Conference {
+            2 * hosts
+        } else {
+            cfg.viewers + hosts
+        },
     };
     let live2 = live.clone();
     let io_thread = std::thread::Builder::new()
@@ -378,10 +392,34 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     let mut result = RunResult {
         scenario: format!("{:?}", cfg.scenario).to_lowercase(),
         url: cfg.url.clone(),
-        viewers_requested: cfg.viewers,
+        viewers_requested: if cfg.scenario == Scenario::Conference {
+            hosts
+        } else {
+            cfg.viewers
+        },
         ..Default::default()
     };
-    for _ in 0..hosts {
+    let mut t_join = Instant::now();
+    let conference = if cfg.scenario == Scenario::Conference {
+        let tx = ctrl_tx.clone();
+        let add = move |r: setup::Ready| {
+            let _ = tx.send(Ctrl::Add(Box::new(r)));
+        };
+        let cj = rt.block_on(crate::ws::conference_join(cfg, base.addr.ip(), &add))?;
+        let mut times = cj.subscriber_join_times.clone();
+        times.sort();
+        result.publishers_connected = cj.publishers;
+        result.viewers_connected = times.len();
+        result.join_p50_ms = quantile_ms(&times, 0.5);
+        result.join_p99_ms = quantile_ms(&times, 0.99);
+        result.join_failures = cj.failures;
+        result.join_errors = cj.errors.clone();
+        result.join_rate_achieved = hosts as f64 / t_join.elapsed().as_secs_f64().max(1e-9);
+        Some(cj)
+    } else {
+        None
+    };
+    for _ in 0..hosts * usize::from(conference.is_none()) {
         let role = Role::Publisher { video };
         let r = match &janus {
             Some(j) => match rt.block_on(j.connect(role, rand::random())) {
@@ -403,9 +441,12 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     // Viewer ramp.
     bar.set_message("joining");
     let joins: Arc<Mutex<Joins>> = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
-    let t_join = Instant::now();
-    let mut handles = Vec::with_capacity(cfg.viewers);
-    for i in 0..cfg.viewers {
+    let ramp = if conference.is_some() { 0 } else { cfg.viewers };
+    if conference.is_none() {
+        t_join = Instant::now();
+    }
+    let mut handles = Vec::with_capacity(ramp);
+    for i in 0..ramp {
         let at = t_join + Duration::from_secs_f64(i as f64 / cfg.join_rate);
         let target = target.clone();
         let tx = ctrl_tx.clone();
@@ -443,7 +484,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         }
     });
     let join_elapsed = t_join.elapsed();
-    {
+    if conference.is_none() {
         let mut g = joins.lock().unwrap_or_else(|e| e.into_inner());
         g.0.sort();
         result.viewers_connected = g.0.len();
@@ -453,7 +494,9 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         result.join_errors = g.1.iter().take(20).cloned().collect();
         cleanup.append(&mut g.2);
     }
-    result.join_rate_achieved = cfg.viewers as f64 / join_elapsed.as_secs_f64().max(1e-9);
+    if conference.is_none() {
+        result.join_rate_achieved = cfg.viewers as f64 / join_elapsed.as_secs_f64().max(1e-9);
+    }
 
     // Steady window.
     std::thread::sleep(Duration::from_millis(300));
@@ -541,6 +584,11 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
     result.latency = Percentiles::from_ns(&report.latency);
     result.layers_received = t.rx_video_by_layer;
     result.totals = report.totals.clone();
+    if let Some(cj) = conference {
+        let (kinds, errors) = rt.block_on(cj.finish());
+        result.ws_messages = kinds;
+        result.ws_errors = errors;
+    }
 
     if let (Some(j), true) = (&janus, cfg.delete) {
         rt.block_on(j.finish());

@@ -7,8 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 /// Largest answer accepted, in bytes. Default 64 KiB (control's own offer limit); bounds the
 /// memory a hostile server can make one endpoint hold.
 pub const MAX_ANSWER_LEN: usize = 64 * 1024;
-/// Most m-lines read from an answer. Default 16 (control's limit); bounds per-answer state.
-pub const MAX_MEDIA: usize = 16;
+/// Most m-lines read from an answer. Default 34 (control's subscriber limit: 25 video + 8 audio
+/// slots + 1); bounds per-answer state.
+pub const MAX_MEDIA: usize = 34;
 /// Most SSRC / rtpmap / extmap entries kept per m-line. Default 64.
 pub const MAX_ENTRIES_PER_MEDIA: usize = 64;
 
@@ -85,11 +86,11 @@ fn transport_lines(p: &OfferParams, first: bool) -> String {
     s
 }
 
-fn audio_section(p: &OfferParams, dir: &str, first: bool, ssrc: Option<u32>) -> String {
+fn audio_section(p: &OfferParams, dir: &str, first: bool, ssrc: Option<u32>, mid: &str) -> String {
     let port = if first { p.addr.port() } else { 9 };
     let mut s = format!("m=audio {port} UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n");
     s.push_str(&transport_lines(p, first));
-    s.push_str("a=mid:0\r\n");
+    s.push_str(&format!("a=mid:{mid}\r\n"));
     s.push_str(&format!(
         "a=extmap:{EXT_AUDIO_LEVEL} urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:{EXT_ABS_SEND_TIME} {URI_ABS_SEND_TIME}\r\na=extmap:{EXT_TWCC} {URI_TWCC}\r\na=extmap:{EXT_MID} {URI_MID}\r\n"
     ));
@@ -109,11 +110,11 @@ fn audio_section(p: &OfferParams, dir: &str, first: bool, ssrc: Option<u32>) -> 
     s
 }
 
-fn video_section(p: &OfferParams, dir: &str, first: bool, simulcast: bool) -> String {
+fn video_section(p: &OfferParams, dir: &str, first: bool, simulcast: bool, mid: &str) -> String {
     let port = if first { p.addr.port() } else { 9 };
     let mut s = format!("m=video {port} UDP/TLS/RTP/SAVPF 96 97 108 109 98 99\r\n");
     s.push_str(&transport_lines(p, first));
-    s.push_str("a=mid:1\r\n");
+    s.push_str(&format!("a=mid:{mid}\r\n"));
     s.push_str(&format!(
         "a=extmap:14 urn:ietf:params:rtp-hdrext:toffset\r\na=extmap:{EXT_ABS_SEND_TIME} {URI_ABS_SEND_TIME}\r\na=extmap:13 urn:3gpp:video-orientation\r\na=extmap:{EXT_TWCC} {URI_TWCC}\r\na=extmap:5 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\na=extmap:{EXT_MID} {URI_MID}\r\na=extmap:{EXT_RID} {URI_RID}\r\na=extmap:{EXT_RRID} urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n"
     ));
@@ -156,9 +157,9 @@ fn video_section(p: &OfferParams, dir: &str, first: bool, simulcast: bool) -> St
 /// `video`, sendonly VP8 with rid q/h/f simulcast (SSRCs learned by the server from mid/rid).
 pub fn publisher_offer(p: &OfferParams, audio_ssrc: u32, video: bool) -> String {
     let mut s = session_head(p, if video { "0 1" } else { "0" });
-    s.push_str(&audio_section(p, "sendonly", true, Some(audio_ssrc)));
+    s.push_str(&audio_section(p, "sendonly", true, Some(audio_ssrc), "0"));
     if video {
-        s.push_str(&video_section(p, "sendonly", false, true));
+        s.push_str(&video_section(p, "sendonly", false, true, "1"));
     }
     s
 }
@@ -166,9 +167,25 @@ pub fn publisher_offer(p: &OfferParams, audio_ssrc: u32, video: bool) -> String 
 /// A viewer (WHEP) offer: recvonly audio and, when `video`, recvonly video.
 pub fn viewer_offer(p: &OfferParams, video: bool) -> String {
     let mut s = session_head(p, if video { "0 1" } else { "0" });
-    s.push_str(&audio_section(p, "recvonly", true, None));
+    s.push_str(&audio_section(p, "recvonly", true, None, "0"));
     if video {
-        s.push_str(&video_section(p, "recvonly", false, false));
+        s.push_str(&video_section(p, "recvonly", false, false, "1"));
+    }
+    s
+}
+
+/// A receive-only offer with fixed slots for `/ws` `subscribe` (docs/protocol.md): `video`
+/// recvonly VP8 m-lines (mids `0..video`) then `audio` recvonly Opus m-lines, all BUNDLEd, as
+/// Chromium offers them for an ILS viewer's slots.
+pub fn subscriber_offer(p: &OfferParams, video: usize, audio: usize) -> String {
+    let mids: Vec<String> = (0..video + audio).map(|i| i.to_string()).collect();
+    let mut s = session_head(p, &mids.join(" "));
+    for (i, mid) in mids.iter().enumerate() {
+        if i < video {
+            s.push_str(&video_section(p, "recvonly", i == 0, false, mid));
+        } else {
+            s.push_str(&audio_section(p, "recvonly", i == 0, None, mid));
+        }
     }
     s
 }

@@ -220,6 +220,8 @@ struct Shared {
     close_examples: Mutex<Vec<String>>,
     clients: Mutex<Vec<ClientStats>>,
     latency: Mutex<Option<Histogram<u64>>>,
+    /// Message types received on conference sockets.
+    kinds: Mutex<BTreeMap<String, u64>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -244,6 +246,19 @@ struct In<'a> {
     poll: Option<PollIn>,
     #[serde(default)]
     counts: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    you: Option<YouIn>,
+    #[serde(default, borrow)]
+    rid: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    sdp: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct YouIn {
+    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +318,11 @@ type Ws =
 
 /// Connects and joins; returns the socket after `welcome`.
 async fn join(url: &str, token: &str, name: &str) -> anyhow::Result<Ws> {
+    join_id(url, token, name).await.map(|(ws, _)| ws)
+}
+
+/// Connects and joins; returns the socket and the participant id from `welcome`.
+async fn join_id(url: &str, token: &str, name: &str) -> anyhow::Result<(Ws, u64)> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let hello = serde_json::json!({"type": "hello", "v": 1, "token": token, "name": name});
     ws.send(Message::Text(hello.to_string().into())).await?;
@@ -311,7 +331,7 @@ async fn join(url: &str, token: &str, name: &str) -> anyhow::Result<Ws> {
             Some(Ok(Message::Text(t))) => {
                 let m: In = serde_json::from_str(t.as_str())?;
                 match m.ty.as_ref() {
-                    "welcome" => return Ok(ws),
+                    "welcome" => return Ok((ws, m.you.map(|y| y.id).unwrap_or(0))),
                     "error" => anyhow::bail!(
                         "refused: {} ({})",
                         m.code.as_deref().unwrap_or("?"),
@@ -1000,6 +1020,269 @@ pub fn write(dir: &Path, r: &AudienceResult) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest wait for a direct reply (`answer`, `ack`) to a conference request. Default 15 s.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most audio slots a conference participant asks for (the protocol's maximum). Default 8.
+pub const CONFERENCE_AUDIO_SLOTS: usize = 8;
+
+/// Sends `msg` and reads until the reply carrying `rid` (`answer` or `ack`); returns its SDP
+/// (empty for `ack`). Other messages are skipped; an `error` with that rid is an error.
+async fn request(ws: &mut Ws, msg: serde_json::Value, rid: &str) -> anyhow::Result<String> {
+    ws.send(Message::Text(msg.to_string().into())).await?;
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no reply to {rid} within {REPLY_TIMEOUT:?}"))?;
+        let t = match m {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => anyhow::bail!("closed while waiting for {rid}: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed while waiting for {rid}"),
+        };
+        let m: In = serde_json::from_str(t.as_str())?;
+        if m.rid.as_deref() != Some(rid) {
+            continue;
+        }
+        match m.ty.as_ref() {
+            "answer" => return Ok(m.sdp.map(Cow::into_owned).unwrap_or_default()),
+            "ack" => return Ok(String::new()),
+            "error" => anyhow::bail!(
+                "{rid} refused: {} ({})",
+                m.code.as_deref().unwrap_or("?"),
+                m.reason.as_deref().unwrap_or("")
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Keeps a conference socket read (pings answered, events drained so the server never blocks
+/// on it) until `stop` says [`Phase::Close`]; counts `slots` announcements and server closes.
+async fn drain(mut ws: Ws, mut stop: watch::Receiver<Phase>, sh: Arc<Shared>) {
+    loop {
+        if *stop.borrow() == Phase::Close {
+            break;
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(m) = serde_json::from_str::<In>(t.as_str()) {
+                        if m.ty == "error" {
+                            bump(&sh.errors, m.code.as_deref().unwrap_or("?"));
+                        }
+                        bump(&sh.kinds, &m.ty);
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    let why = f.map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_else(|| "no close frame".into());
+                    bump(&sh.closes, &why);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    bump(&sh.closes, "transport error");
+                    break;
+                }
+            }
+        }
+    }
+    let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+    let _ = ws.close(None).await;
+}
+
+/// What the conference join phase hands back to the scenario runner.
+pub struct ConferenceJoin {
+    /// Publishers (send-only PCs) established.
+    pub publishers: usize,
+    /// Subscribers (slot PCs) established, with their join time (subscribe → SRTP keys).
+    pub subscriber_join_times: Vec<Duration>,
+    /// Failures (first [`MAX_KEPT_ERRORS`]) and their count.
+    pub errors: Vec<String>,
+    /// Number of failures.
+    pub failures: usize,
+    stop: watch::Sender<Phase>,
+    sockets: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl ConferenceJoin {
+    /// Closes every `/ws` socket (media sessions end with them) and returns the messages the
+    /// sockets received by type and the errors by code.
+    pub async fn finish(self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let _ = self.stop.send(Phase::Close);
+        for t in self.sockets {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        let kinds = self
+            .shared
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut errors = self
+            .shared
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (k, n) in self
+            .shared
+            .closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            errors.insert(format!("close: {k}"), *n);
+        }
+        (kinds, errors)
+    }
+}
+
+/// The conference scenario's signaling (issue 4, "conference (K all-to-all)"): a producer and
+/// `k` hosts join `/ws`; each host publishes audio + 3-layer VP8 simulcast (the load tool's
+/// publisher offer, answer from the `answer` message), the producer moves it to the stage, and
+/// once all are live each host subscribes with `k-1` video + `min(k-1, 8)` audio slots. Every
+/// established endpoint is handed to `add` (the I/O thread). The sockets stay open, read, until
+/// [`ConferenceJoin::finish`].
+pub async fn conference_join(
+    cfg: &RunConfig,
+    server_ip: std::net::IpAddr,
+    add: &dyn Fn(crate::setup::Ready),
+) -> anyhow::Result<ConferenceJoin> {
+    use crate::sdp;
+    use crate::setup::{self, Negotiated, Role as MediaRole};
+    let k = cfg.hosts;
+    anyhow::ensure!(
+        k >= 2,
+        "a conference needs at least 2 participants (--hosts)"
+    );
+    let secret = cfg.secret.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("the conference scenario mints /ws tokens: pass --secret (or ILS_SECRET)")
+    })?;
+    let secret = Secret::from_str(secret);
+    let ws_url = format!(
+        "{}/ws",
+        cfg.url
+            .trim_end_matches('/')
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    );
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(Phase::Join);
+    let mut out = ConferenceJoin {
+        publishers: 0,
+        subscriber_join_times: Vec::with_capacity(k),
+        errors: Vec::new(),
+        failures: 0,
+        stop,
+        sockets: Vec::with_capacity(k + 1),
+        shared: shared.clone(),
+    };
+    let fail = |out: &mut ConferenceJoin, e: String| {
+        out.failures += 1;
+        if out.errors.len() < MAX_KEPT_ERRORS {
+            out.errors.push(e);
+        }
+    };
+    let ptok = token(&secret, &cfg.room, Role::Producer, "ils-load-producer");
+    let (mut producer, _) = join_id(&ws_url, &ptok, "producer")
+        .await
+        .map_err(|e| anyhow::anyhow!("producer could not join {ws_url}: {e}"))?;
+    // Join, publish, go on stage — one host after another, like hosts going live.
+    let mut hosts: Vec<Ws> = Vec::with_capacity(k);
+    for i in 0..k {
+        let id_name = format!("ils-load-host-{i}");
+        let htok = token(&secret, &cfg.room, Role::Host, &id_name);
+        let r: anyhow::Result<Ws> = async {
+            let (mut ws, pid) = join_id(&ws_url, &htok, &format!("host {i}")).await?;
+            let prep = setup::prepare(server_ip)?;
+            let audio_ssrc: u32 = rand::random();
+            let offer = sdp::publisher_offer(&prep.params, audio_ssrc, true);
+            let ans = request(
+                &mut ws,
+                serde_json::json!({"type": "publish", "sdp": offer, "rid": "pub"}),
+                "pub",
+            )
+            .await?;
+            let answer = sdp::parse_answer(&ans)?;
+            let ready = setup::establish(
+                prep,
+                Negotiated {
+                    answer,
+                    location: None,
+                    token: None,
+                    controlling: true,
+                },
+                MediaRole::Publisher { video: true },
+                audio_ssrc,
+            )
+            .await?;
+            add(ready);
+            let rid = format!("m{i}");
+            request(
+                &mut producer,
+                serde_json::json!({"type": "move", "participant": pid, "to": "stage", "rid": rid}),
+                &rid,
+            )
+            .await?;
+            Ok(ws)
+        }
+        .await;
+        match r {
+            Ok(ws) => {
+                out.publishers += 1;
+                hosts.push(ws);
+            }
+            Err(e) => fail(&mut out, format!("host {i} publish: {e}")),
+        }
+    }
+    // Everyone live: subscribe with K-1 video + min(K-1, 8) audio slots.
+    let nv = k - 1;
+    let na = nv.min(CONFERENCE_AUDIO_SLOTS);
+    for (i, mut ws) in hosts.into_iter().enumerate() {
+        let r: anyhow::Result<()> = async {
+            let prep = setup::prepare(server_ip)?;
+            let offer = sdp::subscriber_offer(&prep.params, nv, na);
+            let ans = request(
+                &mut ws,
+                serde_json::json!({"type": "subscribe", "sdp": offer, "video_slots": nv,
+                    "audio_slots": na, "rid": "sub"}),
+                "sub",
+            )
+            .await?;
+            let answer = sdp::parse_answer(&ans)?;
+            let ready = setup::establish(
+                prep,
+                Negotiated {
+                    answer,
+                    location: None,
+                    token: None,
+                    controlling: true,
+                },
+                MediaRole::Viewer { video: true },
+                0,
+            )
+            .await?;
+            out.subscriber_join_times.push(ready.join_time);
+            add(ready);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            fail(&mut out, format!("host {i} subscribe: {e}"));
+        }
+        out.sockets
+            .push(tokio::spawn(drain(ws, stop_rx.clone(), shared.clone())));
+    }
+    out.sockets
+        .push(tokio::spawn(drain(producer, stop_rx, shared)));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1037,5 +1320,25 @@ mod tests {
         .unwrap();
         assert_eq!(m.msg.unwrap().text, "x\"y");
         assert_eq!(kind_index("nonsense"), KINDS.len() - 1);
+    }
+
+    #[test]
+    fn subscriber_offer_has_one_recvonly_m_line_per_slot() {
+        let p = crate::sdp::OfferParams {
+            ufrag: "abcd".into(),
+            pwd: "0123456789012345678901".into(),
+            fingerprint: "AA:BB".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            session_id: 1,
+            stream_id: "s".into(),
+        };
+        let o = crate::sdp::subscriber_offer(&p, 24, 8);
+        assert_eq!(o.matches("m=video ").count(), 24);
+        assert_eq!(o.matches("m=audio ").count(), 8);
+        assert_eq!(o.matches("a=recvonly").count(), 32);
+        assert!(o.contains("a=group:BUNDLE 0 1 2"));
+        assert!(o.contains("a=mid:31\r\n"));
+        assert_eq!(o.matches("a=candidate:").count(), 1);
+        assert!(o.len() < 64 * 1024, "over control's SDP limit: {}", o.len());
     }
 }
