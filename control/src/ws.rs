@@ -1349,20 +1349,26 @@ pub async fn audio_levels(app: &Arc<App>, levels: &[(u32, u8)]) {
         let Some(room) = app.ils.get(&name) else {
             continue;
         };
-        let changed = {
+        let subscribers: Vec<Pid> = {
             let mut core = room.core.lock().await;
             for (pid, l) in lv {
                 core.audio.set_level(pid, l);
             }
-            core.audio.update(room.now_ms())
+            if !core.audio.update(room.now_ms()) {
+                continue;
+            }
+            core.media
+                .iter()
+                .filter(|(_, m)| m.subscriber.is_some())
+                .map(|(p, _)| *p)
+                .collect()
         };
-        if changed {
-            app.ils
-                .counters
-                .audio_reranks
-                .fetch_add(1, Ordering::Relaxed);
-            apply_plan(app, &room, None).await;
-        }
+        app.ils
+            .counters
+            .audio_reranks
+            .fetch_add(1, Ordering::Relaxed);
+        // only the subscribers' slots: publishers, public flags and state.json are unchanged
+        apply_plan(app, &room, Some(&subscribers)).await;
     }
 }
 
@@ -1851,6 +1857,31 @@ mod tests {
             t = talk(&mut rank, &[(2, 127), (1, 20), (3, 20), (4, 20)], t, 600);
             assert!(!sub.plan(&rank).contains(&Some(2)));
         }
+    }
+
+    #[test]
+    fn a_source_never_heard_is_displaced_only_through_the_hold() {
+        let mut rank = AudioRank::default();
+        for p in [1, 2, 3] {
+            rank.ensure(Pid(p));
+        }
+        let mut sub = Listener::new(3);
+        assert_eq!(
+            sub.plan(&rank),
+            vec![Some(1), Some(2)],
+            "all silent: display order"
+        );
+        // only 3 talks: it takes the slot of a silent source, after the hold
+        let t = talk(&mut rank, &[(3, 30)], 0, 800);
+        assert_eq!(sub.plan(&rank), vec![Some(1), Some(2)]);
+        talk(&mut rank, &[(3, 30)], t, 400);
+        assert_eq!(sub.plan(&rank), vec![Some(1), Some(3)], "3 took 2's slot");
+        rank.ensure(Pid(3));
+        assert_eq!(
+            rank.order()[0],
+            Pid(3),
+            "ensure keeps a known source's rank and level"
+        );
     }
 
     #[test]

@@ -335,6 +335,21 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
         "the viewer hears hosts 0 and 1 now"
     );
 
+    let m = ils_tests::http::request(addr, "GET", "/metrics", &[], "").body;
+    let reranks: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("ils_ws_audio_reranks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ils_ws_audio_reranks_total in /metrics");
+    assert!(
+        (2..=6).contains(&reranks),
+        "speaking-order changes: {reranks}"
+    );
+    assert!(
+        m.contains("ils_engine_audio_level_malformed_total 0"),
+        "{m}"
+    );
+
     run.store(false, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
