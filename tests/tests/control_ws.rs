@@ -253,7 +253,8 @@ async fn ils_session_over_ws_with_real_media() {
     );
 
     let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "hello", "v": 1, "token": vt, "junk": "x".repeat(70_000)}))
+    // Over ils-session's MAX_MESSAGE_BYTES (128 KiB), under the socket's hard cap (256 KiB).
+    c.send(json!({"type": "hello", "v": 1, "token": vt, "junk": "x".repeat(140_000)}))
         .await;
     assert_eq!(c.expect("error", |_| true).await["code"], "too_large");
 
