@@ -3,7 +3,8 @@
 //! session, reacting and chatting for 5 s. Asserts every join succeeded, reactions arrived
 //! aggregated (every reaction counted, at most one `reactions` message per 500 ms window per
 //! viewer), chat round trips were measured, every viewer voted once and was counted, and no
-//! unexpected error or close happened.
+//! unexpected error or close happened. A second test runs the conference scenario (issue 4):
+//! 4 hosts all-to-all through `/ws` slots, media on every slot, no loss.
 //!
 //! Needs `cargo build -p ils-control -p ils-load` (both are default workspace members, so a
 //! plain `cargo build` does it).
@@ -136,6 +137,68 @@ fn two_hundred_ws_viewers_react_chat_and_vote() {
         started.elapsed() < Duration::from_secs(60),
         "smoke took {:?}",
         started.elapsed()
+    );
+    drop(control);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The conference scenario (issue 4, "K all-to-all") through the real server: 4 hosts publish
+/// over `/ws`, go on stage and receive each other through 3 video + 3 audio slots; every slot
+/// delivers media without loss and no packet arrives on an SSRC the answer did not announce.
+#[test]
+fn four_hosts_conference_over_ws_slots() {
+    let tmp = std::env::temp_dir().join(format!("ils-load-conf-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (control, addr) = start_control(&tmp.join("data"), SECRET);
+    let out = tmp.join("out");
+    let load = Command::new(workspace_bin("ils-load"))
+        .arg(format!("http://{addr}"))
+        .args([
+            "--scenario",
+            "conference",
+            "--room",
+            "conf-smoke",
+            "--hosts",
+            "4",
+            "--duration",
+            "3",
+            "--quiet",
+        ])
+        .arg("--control-pid")
+        .arg(control.0.id().expect("control pid").to_string())
+        .arg("--out")
+        .arg(&out)
+        .env("ILS_SECRET", SECRET)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ils-load (cargo build -p ils-load)");
+    eprintln!("{}", String::from_utf8_lossy(&load.stdout));
+    assert!(load.status.success(), "ils-load failed: {}", load.status);
+    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json");
+    let r: Value = serde_json::from_str(&text).expect("result.json is JSON");
+    assert_eq!(num(&r, "publishers_connected"), 4.0, "{text}");
+    assert_eq!(num(&r, "viewers_connected"), 4.0, "{text}");
+    assert_eq!(num(&r, "join_failures"), 0.0);
+    let t = &r["totals"];
+    assert_eq!(num(t, "viewers_with_media"), 4.0);
+    assert_eq!(num(t, "foreign"), 0.0, "packets on unannounced SSRCs");
+    assert_eq!(num(t, "lost"), 0.0, "packets lost");
+    assert_eq!(num(t, "decrypt_failures"), 0.0);
+    // 3 audio slots per participant at 50 packets/s for ≥ 3 s: every audio slot delivered.
+    let audio = num(t, "rx_audio");
+    assert!(audio > 4.0 * 3.0 * 50.0 * 2.5, "only {audio} audio packets");
+    let video: f64 = t["rx_video_by_layer"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert!(video > 4.0 * 3.0 * 20.0, "only {video} video packets");
+    assert!(num(&r["latency"], "count") > 0.0);
+    assert!(
+        r["ws_messages"]["slots"].as_f64().unwrap_or(0.0) >= 4.0,
+        "no slots announced: {}",
+        r["ws_messages"]
     );
     drop(control);
     let _ = std::fs::remove_dir_all(&tmp);
