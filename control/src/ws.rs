@@ -28,10 +28,13 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use ils_session::{
     ClientMsg, Effect, ErrorCode, Grants, MediaKind, Out, Outcome, Pid, Place, Role, ServerMsg,
     Session, SessionConfig, SlotDesc, SlotMapping, SlotSize, To,
 };
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::auth;
@@ -54,6 +57,20 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// `too_large` error; larger ones close the socket (1009, message too big). Bounds per-socket
 /// read memory.
 pub const WS_MAX_MESSAGE_BYTES: usize = 2 * ils_session::MAX_MESSAGE_BYTES;
+/// Read buffer of one socket's WebSocket codec, in bytes. Default 4 KiB (tungstenite's default
+/// is 128 KiB). tungstenite zero-fills this much of its buffer on every read attempt, so its size
+/// is CPU per read and resident memory per socket (4 KiB × 200 000 sockets = 800 MiB worst
+/// case, against 25 GiB at 128 KiB). Client frames are small; a larger one (up to
+/// [`WS_MAX_MESSAGE_BYTES`]) is read in several reads into a buffer that grows for it.
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Client frames one socket's reader task may queue ahead of the socket loop. Default 8. Past
+/// it the reader stops reading (TCP back-pressure on the client). Memory: 8 frames ×
+/// [`WS_MAX_MESSAGE_BYTES`] worst case per socket.
+pub const READ_QUEUE: usize = 8;
+/// Frames one socket writes in one batch (broadcast backlog + direct queue) before a single
+/// flush. Default 64. Bounds how long one socket's task runs before yielding to others, and
+/// the bytes buffered per flush (64 × ~200 B typical; 64 × 64 KiB worst case).
+pub const WRITE_BATCH: usize = 64;
 /// Events buffered per session broadcast channel. Default 1024. A socket more than this many
 /// events behind skips ahead (`lagged`). Memory: 1024 shared frames per session (frames are
 /// serialized once and shared by every receiver).
@@ -1376,13 +1393,11 @@ pub async fn audio_levels(app: &Arc<App>, levels: &[(u32, u8)]) {
 pub async fn ws_handler(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(WS_MAX_MESSAGE_BYTES)
         .max_frame_size(WS_MAX_MESSAGE_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let c = &app.ils.counters;
             let open = c.sockets_open.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut conn = Conn {
-                socket,
-                counters_app: Arc::clone(&app),
-            };
+            let mut conn = Conn::new(socket, Arc::clone(&app));
             if open > MAX_SOCKETS {
                 conn.refuse(
                     ErrorCode::SessionFull,
@@ -1401,10 +1416,48 @@ pub async fn ws_handler(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Re
         })
 }
 
-/// One socket with the writes that count and time out.
+/// What the reader task hands the socket loop: a client frame, or the read error that ended it.
+type Read = Result<Message, axum::Error>;
+
+/// One socket: a reader task (woken only when the socket is readable, so a broadcast wake-up
+/// never polls the read side) feeding `rx`, and the write half with the writes that count and
+/// time out.
 struct Conn {
-    socket: WebSocket,
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Read>,
+    reader: tokio::task::JoinHandle<()>,
     counters_app: Arc<App>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The reader may be parked on a client that never sends: end it with the socket.
+        self.reader.abort();
+    }
+}
+
+/// Read client frames until the socket ends, a read fails, a close arrives, or the socket loop
+/// is gone; at most [`READ_QUEUE`] frames wait for the loop.
+async fn read_loop(mut stream: SplitStream<WebSocket>, tx: mpsc::Sender<Read>) {
+    while let Some(m) = stream.next().await {
+        let last = matches!(m, Err(_) | Ok(Message::Close(_)));
+        if tx.send(m).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Frames gathered for one write batch, and the close that follows them, if any.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<(&'static str, Utf8Bytes)>,
+    end: Option<(u16, String)>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.end.is_some() || self.frames.len() >= WRITE_BATCH
+    }
 }
 
 /// Close reasons are limited to 123 bytes by RFC 6455; cut on a char boundary.
@@ -1417,15 +1470,41 @@ fn close_reason(r: &str) -> String {
 }
 
 impl Conn {
+    fn new(socket: WebSocket, app: Arc<App>) -> Conn {
+        let (sink, stream) = socket.split();
+        let (tx, rx) = mpsc::channel(READ_QUEUE);
+        Conn {
+            sink,
+            rx,
+            reader: tokio::spawn(read_loop(stream, tx)),
+            counters_app: app,
+        }
+    }
+
     fn counters(&self) -> &WsCounters {
         &self.counters_app.ils.counters
     }
 
     /// Write one text frame; false if the socket is gone or the write timed out.
-    async fn write(&mut self, kind: &str, text: Utf8Bytes) -> bool {
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text))).await {
+    async fn write(&mut self, kind: &'static str, text: Utf8Bytes) -> bool {
+        self.write_all(&[(kind, text)]).await
+    }
+
+    /// Write text frames with one flush (one `sendto` for the lot when they fit the write
+    /// buffer); false if the socket is gone or the whole batch took over [`SEND_TIMEOUT`].
+    async fn write_all(&mut self, frames: &[(&'static str, Utf8Bytes)]) -> bool {
+        let sink = &mut self.sink;
+        let batch = async {
+            for (_, text) in frames {
+                sink.feed(Message::Text(text.clone())).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, batch).await {
             Ok(Ok(())) => {
-                self.counters().count_out(kind);
+                for (kind, _) in frames {
+                    self.counters().count_out(kind);
+                }
                 true
             }
             Ok(Err(_)) => false,
@@ -1450,7 +1529,7 @@ impl Conn {
             reason: Utf8Bytes::from(close_reason(reason)),
         };
         let _ =
-            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
     }
 
     /// Send a typed error, then close with the same reason.
@@ -1462,7 +1541,7 @@ impl Conn {
 
 /// Wait for `hello`, join, then pump frames both ways until either side ends.
 async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, conn.socket.recv()).await {
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, conn.rx.recv()).await {
         Err(_) => {
             conn.refuse(
                 ErrorCode::NotJoined,
@@ -1607,7 +1686,7 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     let mut bad = 0u32;
     let reason: (u16, String) = loop {
         tokio::select! {
-            m = conn.socket.recv() => {
+            m = conn.rx.recv() => {
                 let m = match m {
                     None | Some(Err(_)) => break (0, String::new()),
                     Some(Ok(m)) => m,
@@ -1664,53 +1743,36 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
-            f = brx.recv() => match f {
-                Ok(f) => {
-                    if f.to.matches(pid, role, place_from(place.load(Ordering::Relaxed))) {
-                        if !conn.write(f.kind, f.json.clone()).await {
-                            break (0, String::new());
-                        }
-                        if let Some(r) = &f.closes {
-                            break (1000, r.clone());
-                        }
-                    }
+            f = brx.recv() => {
+                let mut b = Batch::default();
+                let who = (pid, role, &*place);
+                take_broadcast(&mut b, f, who, &mut lags, conn.counters());
+                fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, conn.counters());
+                if !b.frames.is_empty() && !conn.write_all(&b.frames).await {
+                    break (0, String::new());
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    conn.counters().lagged.fetch_add(1, Ordering::Relaxed);
-                    lags += 1;
-                    if lags > MAX_LAGS {
-                        conn.counters().count_refused(ErrorCode::Lagged);
-                        break (1013, format!("lagged: fell behind the session {lags} times; reconnect"));
-                    }
-                    let m = ServerMsg::error(
-                        ErrorCode::Lagged,
-                        format!("missed {n} events (the connection reads too slowly); state may be stale"),
-                        None,
-                    );
-                    if !conn.write_msg(&m).await {
-                        break (0, String::new());
-                    }
+                if let Some(e) = b.end {
+                    break e;
                 }
-                Err(broadcast::error::RecvError::Closed) => break (1001, "server shutting down".into()),
-            },
-            d = drx.recv() => match d {
-                Some(Direct::Frame(f)) => {
-                    if !conn.write(f.kind, f.json.clone()).await {
-                        break (0, String::new());
-                    }
-                    if let Some(r) = &f.closes {
-                        break (1000, r.clone());
-                    }
+            }
+            d = drx.recv() => {
+                let mut b = Batch::default();
+                let who = (pid, role, &*place);
+                take_direct(&mut b, d);
+                fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, conn.counters());
+                if !b.frames.is_empty() && !conn.write_all(&b.frames).await {
+                    break (0, String::new());
                 }
-                Some(Direct::Close(code, r)) => break (code, r),
-                None => break (1013, "send queue full: the connection reads too slowly; reconnect".into()),
-            },
+                if let Some(e) = b.end {
+                    break e;
+                }
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT {
                     conn.counters().closed_idle.fetch_add(1, Ordering::Relaxed);
                     break (1001, "idle: nothing received for 60 s (answer pings)".into());
                 }
-                if tokio::time::timeout(SEND_TIMEOUT, conn.socket.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                if tokio::time::timeout(SEND_TIMEOUT, conn.sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
                     break (0, String::new());
                 }
             }
@@ -1729,6 +1791,99 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     drop(core);
     drop_media(app, media).await;
     run_outcome(app, &room, o).await;
+}
+
+/// Who a socket is, for filtering broadcast frames: participant, role, place (read per frame:
+/// `deliver` updates it before the frames that follow a move).
+type Who<'a> = (Pid, Role, &'a AtomicU8);
+
+/// Add one broadcast event to the batch: the frame if it is for this socket, a `lagged` notice
+/// (or the close after [`MAX_LAGS`] of them), or the shutdown close.
+fn take_broadcast(
+    b: &mut Batch,
+    f: Result<Arc<Frame>, RecvError>,
+    (pid, role, place): Who<'_>,
+    lags: &mut u32,
+    counters: &WsCounters,
+) {
+    match f {
+        Ok(f) => {
+            if f.to
+                .matches(pid, role, place_from(place.load(Ordering::Relaxed)))
+            {
+                b.frames.push((f.kind, f.json.clone()));
+                if let Some(r) = &f.closes {
+                    b.end = Some((1000, r.clone()));
+                }
+            }
+        }
+        Err(RecvError::Lagged(n)) => {
+            counters.lagged.fetch_add(1, Ordering::Relaxed);
+            *lags += 1;
+            counters.count_refused(ErrorCode::Lagged);
+            if *lags > MAX_LAGS {
+                b.end = Some((
+                    1013,
+                    format!("lagged: fell behind the session {lags} times; reconnect"),
+                ));
+                return;
+            }
+            let m = ServerMsg::error(
+                ErrorCode::Lagged,
+                format!("missed {n} events (the connection reads too slowly); state may be stale"),
+                None,
+            );
+            b.frames.push((m.type_name(), Utf8Bytes::from(m.to_json())));
+        }
+        Err(RecvError::Closed) => b.end = Some((1001, "server shutting down".into())),
+    }
+}
+
+/// Add one direct-queue item to the batch (`None`: the queue was dropped because it was full).
+fn take_direct(b: &mut Batch, d: Option<Direct>) {
+    match d {
+        Some(Direct::Frame(f)) => {
+            b.frames.push((f.kind, f.json.clone()));
+            if let Some(r) = &f.closes {
+                b.end = Some((1000, r.clone()));
+            }
+        }
+        Some(Direct::Close(code, r)) => b.end = Some((code, r)),
+        None => {
+            b.end = Some((
+                1013,
+                "send queue full: the connection reads too slowly; reconnect".into(),
+            ))
+        }
+    }
+}
+
+/// Add what is already waiting (broadcast backlog, then the direct queue) without waiting,
+/// until the batch holds [`WRITE_BATCH`] frames or ends with a close.
+fn fill_batch(
+    b: &mut Batch,
+    brx: &mut broadcast::Receiver<Arc<Frame>>,
+    drx: &mut mpsc::Receiver<Direct>,
+    who: Who<'_>,
+    lags: &mut u32,
+    counters: &WsCounters,
+) {
+    while !b.full() {
+        let f = match brx.try_recv() {
+            Ok(f) => Ok(f),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            Err(TryRecvError::Empty) => break,
+        };
+        take_broadcast(b, f, who, lags, counters);
+    }
+    while !b.full() {
+        match drx.try_recv() {
+            Ok(d) => take_direct(b, Some(d)),
+            Err(mpsc::error::TryRecvError::Disconnected) => take_direct(b, None),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2022,5 +2177,137 @@ mod tests {
         );
         assert_eq!(counters.closed_slow.load(Ordering::Relaxed), 1);
         assert!(room.handles.lock().expect("lock").is_empty());
+    }
+
+    fn frame(to: To, text: &str, closes: Option<&str>) -> Arc<Frame> {
+        Arc::new(Frame {
+            to,
+            json: Utf8Bytes::from(text.to_string()),
+            kind: "chat",
+            closes: closes.map(str::to_string),
+        })
+    }
+
+    fn texts(b: &Batch) -> Vec<&str> {
+        b.frames.iter().map(|(_, t)| t.as_str()).collect()
+    }
+
+    #[test]
+    fn a_broadcast_backlog_is_written_in_bounded_batches_with_direct_frames() {
+        let (tx, mut brx) = broadcast::channel(BROADCAST_CAPACITY);
+        let (dtx, mut drx) = mpsc::channel(DIRECT_QUEUE);
+        let counters = WsCounters::default();
+        let place = AtomicU8::new(place_index(Place::Audience));
+        let who = (Pid(7), Role::Viewer, &place);
+        for i in 0..100 {
+            // every third frame is for someone else and is skipped
+            let to = if i % 3 == 2 {
+                To::Participant(Pid(8))
+            } else {
+                To::Everyone
+            };
+            let _ = tx.send(frame(to, &format!("b{i}"), None));
+        }
+        let _ = dtx.try_send(Direct::Frame(frame(To::Participant(Pid(7)), "d0", None)));
+        let mut lags = 0;
+        let mut batches = Vec::new();
+        loop {
+            let mut b = Batch::default();
+            fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, &counters);
+            if b.frames.is_empty() {
+                break;
+            }
+            assert!(b.frames.len() <= WRITE_BATCH, "a batch is bounded");
+            assert!(b.end.is_none());
+            batches.push(texts(&b).join(","));
+        }
+        let all: Vec<String> = batches
+            .iter()
+            .flat_map(|b| b.split(','))
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = (0..100)
+            .filter(|i| i % 3 != 2)
+            .map(|i| format!("b{i}"))
+            .chain(["d0".to_string()])
+            .collect();
+        assert_eq!(
+            all, want,
+            "every frame for this socket, in order, none twice"
+        );
+        assert_eq!(
+            batches.len(),
+            2,
+            "67 frames: one full batch of 64, then the rest"
+        );
+        assert_eq!(lags, 0);
+    }
+
+    #[test]
+    fn a_closing_frame_ends_the_batch_and_what_follows_is_not_written() {
+        let (tx, mut brx) = broadcast::channel(BROADCAST_CAPACITY);
+        let (_dtx, mut drx) = mpsc::channel::<Direct>(DIRECT_QUEUE);
+        let counters = WsCounters::default();
+        let place = AtomicU8::new(place_index(Place::Audience));
+        let who = (Pid(7), Role::Viewer, &place);
+        let _ = tx.send(frame(To::Everyone, "a", None));
+        let _ = tx.send(frame(To::Everyone, "ended", Some("session ended: bye")));
+        let _ = tx.send(frame(To::Everyone, "after", None));
+        let mut b = Batch::default();
+        let mut lags = 0;
+        fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, &counters);
+        assert_eq!(texts(&b), ["a", "ended"]);
+        assert_eq!(b.end, Some((1000, "session ended: bye".to_string())));
+    }
+
+    #[test]
+    fn a_lagging_socket_gets_a_notice_then_is_closed_after_max_lags() {
+        let (tx, mut brx) = broadcast::channel(4);
+        let (_dtx, mut drx) = mpsc::channel::<Direct>(DIRECT_QUEUE);
+        let counters = WsCounters::default();
+        let place = AtomicU8::new(place_index(Place::Audience));
+        let who = (Pid(7), Role::Viewer, &place);
+        let mut lags = 0;
+        for round in 1..=MAX_LAGS + 1 {
+            for i in 0..10 {
+                let _ = tx.send(frame(To::Everyone, &format!("r{round}f{i}"), None));
+            }
+            let mut b = Batch::default();
+            fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, &counters);
+            assert_eq!(lags, round);
+            if round <= MAX_LAGS {
+                assert!(
+                    b.frames[0].1.as_str().contains("missed 6 events"),
+                    "{:?}",
+                    texts(&b)
+                );
+                // the 4 newest events follow the notice
+                assert_eq!(b.frames.len(), 5);
+                assert!(b.end.is_none());
+            } else {
+                assert!(b.frames.is_empty());
+                assert_eq!(b.end.as_ref().map(|e| e.0), Some(1013));
+            }
+        }
+        assert_eq!(
+            counters.lagged.load(Ordering::Relaxed),
+            u64::from(MAX_LAGS + 1)
+        );
+    }
+
+    #[test]
+    fn a_dropped_direct_queue_closes_the_socket_as_too_slow() {
+        let (_tx, mut brx) = broadcast::channel::<Arc<Frame>>(BROADCAST_CAPACITY);
+        let (dtx, mut drx) = mpsc::channel(DIRECT_QUEUE);
+        let counters = WsCounters::default();
+        let place = AtomicU8::new(place_index(Place::Audience));
+        let who = (Pid(7), Role::Viewer, &place);
+        let _ = dtx.try_send(Direct::Frame(frame(To::Participant(Pid(7)), "x", None)));
+        drop(dtx);
+        let mut b = Batch::default();
+        let mut lags = 0;
+        fill_batch(&mut b, &mut brx, &mut drx, who, &mut lags, &counters);
+        assert_eq!(texts(&b), ["x"]);
+        assert_eq!(b.end.as_ref().map(|e| e.0), Some(1013));
     }
 }
