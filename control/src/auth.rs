@@ -58,49 +58,10 @@ pub const GENERATED_SECRET_BYTES: usize = 32;
 /// by something large.
 pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
 
-/// What a token allows in its room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Publishes, views and manages the room.
-    Host,
-    /// Publishes (WHIP) and views.
-    Producer,
-    /// Views (WHEP) only.
-    Viewer,
-}
-
-impl Role {
-    /// The claim value: `host`, `producer` or `viewer`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Host => "host",
-            Role::Producer => "producer",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    /// Whether this role may publish media (WHIP).
-    pub fn may_publish(self) -> bool {
-        matches!(self, Role::Host | Role::Producer)
-    }
-
-    /// Whether this role may watch (WHEP). Every role may.
-    pub fn may_view(self) -> bool {
-        true
-    }
-
-    /// Whether this role may manage the room (end other sessions, change grants).
-    pub fn may_manage(self) -> bool {
-        matches!(self, Role::Host)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What a token allows in its room: the session crate's role (one definition, so the `role` claim
+/// of a token and the `/ws` session role are the same type). `host` publishes, views and manages
+/// the room; `producer` publishes and views; `viewer` only views.
+pub use ils_session::{Role, UnknownRole};
 
 /// One capability a token grants in its room (claim `grants`, an array of these names). A token
 /// without `grants` gets its role's defaults ([`Claims::effective_grants`]).
@@ -145,23 +106,6 @@ impl Grant {
             Role::Host => vec![Grant::Publish, Grant::Subscribe, Grant::Chat],
             Role::Producer => Grant::ALL.to_vec(),
             Role::Viewer => vec![Grant::Subscribe, Grant::Chat],
-        }
-    }
-}
-
-/// Error for a role name that is not `host`, `producer` or `viewer`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: use host, producer or viewer")]
-pub struct UnknownRole(pub String);
-
-impl std::str::FromStr for Role {
-    type Err = UnknownRole;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "host" => Ok(Role::Host),
-            "producer" => Ok(Role::Producer),
-            "viewer" => Ok(Role::Viewer),
-            other => Err(UnknownRole(other.to_owned())),
         }
     }
 }

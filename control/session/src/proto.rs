@@ -71,15 +71,21 @@ impl fmt::Display for Pid {
     }
 }
 
-/// What a participant's token says it is.
+/// What a participant's token says it is: the token claim `role` (control's `auth::Role` is this
+/// type, re-exported, so the claim format and the session role cannot drift).
+///
+/// In a session (`/ws`): a host is a guest who goes on stage, a producer runs the show, a viewer
+/// watches. For WHIP/WHEP: `host` may publish, view and manage the room; `producer` may publish
+/// and view; `viewer` may only view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// A guest who goes on stage; joins into the green room.
+    /// A guest who goes on stage; joins into the green room. Publishes, views and manages the
+    /// room over WHIP/WHEP.
     Host,
-    /// Runs the show: moves people, moderates; joins backstage.
+    /// Runs the show: moves people, moderates; joins backstage. Publishes (WHIP) and views.
     Producer,
-    /// Watches; joins the audience; may be invited to the green room.
+    /// Watches; joins the audience; may be invited to the green room. Views (WHEP) only.
     Viewer,
 }
 
@@ -87,12 +93,50 @@ impl Role {
     /// Every role, for tables and metrics.
     pub const ALL: [Role; 3] = [Role::Host, Role::Producer, Role::Viewer];
 
-    /// The lowercase wire name.
+    /// The lowercase wire name and claim value: `host`, `producer` or `viewer`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Host => "host",
             Role::Producer => "producer",
             Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether this role may publish media (WHIP).
+    pub fn may_publish(self) -> bool {
+        matches!(self, Role::Host | Role::Producer)
+    }
+
+    /// Whether this role may watch (WHEP). Every role may.
+    pub fn may_view(self) -> bool {
+        true
+    }
+
+    /// Whether this role may manage the room (end other sessions, change grants).
+    pub fn may_manage(self) -> bool {
+        matches!(self, Role::Host)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a role name that is not `host`, `producer` or `viewer`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use host, producer or viewer")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(Role::Host),
+            "producer" => Ok(Role::Producer),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(UnknownRole(other.to_owned())),
         }
     }
 }
