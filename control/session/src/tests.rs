@@ -34,6 +34,25 @@ fn pid_of(s: &mut Session, now: u64, ident: &str, role: Role) -> Pid {
     join(s, now, ident, role).0
 }
 
+/// Whether `msgs` tell their recipient that `id` left its view.
+fn told_left<M: std::borrow::Borrow<ServerMsg>>(msgs: &[M], id: Pid) -> bool {
+    msgs.iter()
+        .any(|m| matches!(m.borrow(), ServerMsg::ParticipantLeft { id: left } if *left == id))
+}
+
+/// `by` asks to move `who` to `to` (a `move` request).
+fn move_to(s: &mut Session, now: u64, by: Pid, who: Pid, to: Place) -> Outcome {
+    send(
+        s,
+        now,
+        by,
+        ClientMsg::Move {
+            participant: who,
+            to,
+        },
+    )
+}
+
 fn send(s: &mut Session, now: u64, pid: Pid, msg: ClientMsg) -> Outcome {
     s.handle(
         now,
@@ -513,15 +532,7 @@ fn bring_to_stage_and_back() {
     ));
     assert!(received(&s, &o, v).is_empty());
     // Host to stage: every viewer is told, the audience media plan has the host.
-    let o = send(
-        &mut s,
-        0,
-        p,
-        ClientMsg::Move {
-            participant: h,
-            to: Place::Stage,
-        },
-    );
+    let o = move_to(&mut s, 0, p, h, Place::Stage);
     assert!(received(&s, &o, v)
         .iter()
         .any(|m| matches!(m, ServerMsg::Participant(i) if i.id == h && i.place == Place::Stage)));
@@ -531,15 +542,7 @@ fn bring_to_stage_and_back() {
     };
     assert_eq!(ids(&s, Place::Audience), vec![h]);
     // The raised-hand viewer is brought to stage: invited (its client publishes), hand lowered.
-    let o = send(
-        &mut s,
-        0,
-        p,
-        ClientMsg::Move {
-            participant: v2,
-            to: Place::Stage,
-        },
-    );
+    let o = move_to(&mut s, 0, p, v2, Place::Stage);
     let to_v2 = received(&s, &o, v2);
     assert!(to_v2
         .iter()
@@ -565,41 +568,17 @@ fn bring_to_stage_and_back() {
     assert!(s.may_publish(v2));
     assert_eq!(ids(&s, Place::Audience), vec![v2, h]);
     // Back to the audience: the other viewer is told it left, media stops reaching viewers.
-    let o = send(
-        &mut s,
-        0,
-        p,
-        ClientMsg::Move {
-            participant: v2,
-            to: Place::Audience,
-        },
-    );
-    assert!(received(&s, &o, v)
-        .iter()
-        .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == v2)));
+    let o = move_to(&mut s, 0, p, v2, Place::Audience);
+    assert!(told_left(&received(&s, &o, v), v2));
     // The moved one is not told it left, but is told who it no longer sees (the producer).
     let to_v2 = received(&s, &o, v2);
-    assert!(!to_v2
-        .iter()
-        .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == v2)));
-    assert!(to_v2
-        .iter()
-        .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == p)));
+    assert!(!told_left(&to_v2, v2));
+    assert!(told_left(&to_v2, p));
     assert_eq!(ids(&s, Place::Audience), vec![h]);
     assert!(!s.may_publish(v2));
     // Host back to the green room: gone for viewers (event and media).
-    let o = send(
-        &mut s,
-        0,
-        p,
-        ClientMsg::Move {
-            participant: h,
-            to: Place::GreenRoom,
-        },
-    );
-    assert!(received(&s, &o, v)
-        .iter()
-        .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == h)));
+    let o = move_to(&mut s, 0, p, h, Place::GreenRoom);
+    assert!(told_left(&received(&s, &o, v), h));
     assert!(ids(&s, Place::Audience).is_empty());
     s.check_invariants().unwrap();
 }
@@ -615,15 +594,7 @@ fn stage_limit() {
         .map(|i| pid_of(&mut s, 0, &format!("h{i}"), Role::Host))
         .collect();
     for (i, h) in hosts.iter().enumerate() {
-        let o = send(
-            &mut s,
-            0,
-            p,
-            ClientMsg::Move {
-                participant: *h,
-                to: Place::Stage,
-            },
-        );
+        let o = move_to(&mut s, 0, p, *h, Place::Stage);
         let want = (i == 2).then_some(ErrorCode::StageFull);
         assert_eq!(error_to(&o, p), want);
     }
@@ -1120,9 +1091,7 @@ fn rejoin_replaces_the_old_participant() {
         .filter(|x| x.to.matches(p, Role::Producer, Place::Backstage))
         .map(|x| &x.msg)
         .collect();
-    assert!(to_p
-        .iter()
-        .any(|m| matches!(m, ServerMsg::ParticipantLeft { id } if *id == h1)));
+    assert!(told_left(&to_p, h1));
     assert!(to_p
         .iter()
         .any(|m| matches!(m, ServerMsg::Participant(i) if i.id == h2)));
@@ -1251,37 +1220,23 @@ fn audience_is_counted_coalesced_and_paged() {
 #[test]
 fn app_messages_limits_and_targets() {
     let mut f = fixture();
-    let big = json!("x".repeat(MAX_APP_BYTES));
-    let o = send(
-        &mut f.s,
-        T0,
-        f.host,
-        ClientMsg::App {
-            to: AppTarget::All(true),
-            data: big,
-        },
-    );
-    assert_eq!(error_to(&o, f.host), Some(ErrorCode::TooLarge));
-    let o = send(
-        &mut f.s,
-        T0,
-        f.host,
-        ClientMsg::App {
-            to: AppTarget::All(false),
-            data: json!(1),
-        },
-    );
-    assert_eq!(error_to(&o, f.host), Some(ErrorCode::BadMessage));
-    let o = send(
-        &mut f.s,
-        T0,
-        f.host,
-        ClientMsg::App {
-            to: AppTarget::Participant(Pid(999)),
-            data: json!(1),
-        },
-    );
-    assert_eq!(error_to(&o, f.host), Some(ErrorCode::NotFound));
+    for (to, data, want) in [
+        (
+            AppTarget::All(true),
+            json!("x".repeat(MAX_APP_BYTES)),
+            ErrorCode::TooLarge,
+        ),
+        (AppTarget::All(false), json!(1), ErrorCode::BadMessage),
+        (
+            AppTarget::Participant(Pid(999)),
+            json!(1),
+            ErrorCode::NotFound,
+        ),
+    ] {
+        let what = format!("{to:?}");
+        let o = send(&mut f.s, T0, f.host, ClientMsg::App { to, data });
+        assert_eq!(error_to(&o, f.host), Some(want), "app to {what}");
+    }
     let o = send(
         &mut f.s,
         T0,
