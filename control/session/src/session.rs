@@ -914,15 +914,7 @@ impl Session {
         if place == Place::Audience {
             self.audience_dirty = true;
         } else {
-            if let Some(info) = self.participant(pid) {
-                o.send(
-                    To::Places {
-                        set: listed_to(place),
-                        except: Some(pid),
-                    },
-                    ServerMsg::Participant(info),
-                );
-            }
+            self.announce(&mut o, pid, listed_to(place), Some(pid));
             o.effect(Effect::MediaPlanChanged);
         }
         Ok((pid, o))
@@ -981,18 +973,17 @@ impl Session {
         m.publishing = publishing;
         let place = m.place;
         if place != Place::Audience {
-            if let Some(info) = self.participant(pid) {
-                o.send(
-                    To::Places {
-                        set: listed_to(place),
-                        except: None,
-                    },
-                    ServerMsg::Participant(info),
-                );
-            }
+            self.announce(&mut o, pid, listed_to(place), None);
         }
         o.effect(Effect::MediaPlanChanged);
         o
+    }
+
+    /// Tell those in `set` (but `except`) `pid`'s current [`ParticipantInfo`], if it is a member.
+    fn announce(&self, o: &mut Outcome, pid: Pid, set: PlaceSet, except: Option<Pid>) {
+        if let Some(info) = self.participant(pid) {
+            o.send(To::Places { set, except }, ServerMsg::Participant(info));
+        }
     }
 
     /// Handle one client message from `pid`. Refusals are an `error` to `pid` (with the rid);
@@ -1439,15 +1430,7 @@ impl Session {
                     },
                 );
                 if tplace != Place::Audience {
-                    if let Some(info) = self.participant(participant) {
-                        o.send(
-                            To::Places {
-                                set: listed_to(tplace),
-                                except: None,
-                            },
-                            ServerMsg::Participant(info),
-                        );
-                    }
+                    self.announce(o, participant, listed_to(tplace), None);
                     o.effect(Effect::MediaPlanChanged);
                 }
                 Ok(Reply::Ack)
@@ -1651,15 +1634,7 @@ impl Session {
         let before = listed_to(from);
         let after = listed_to(to);
         if !after.is_empty() {
-            if let Some(info) = self.participant(pid) {
-                o.send(
-                    To::Places {
-                        set: after,
-                        except: None,
-                    },
-                    ServerMsg::Participant(info),
-                );
-            }
+            self.announce(o, pid, after, None);
         }
         let lost = before.minus(after);
         if !lost.is_empty() {
