@@ -5,6 +5,7 @@
 pub mod control;
 pub mod dtls;
 pub mod http;
+pub mod load;
 pub mod peer;
 pub mod proc;
 pub mod scenario;

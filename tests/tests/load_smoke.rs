@@ -5,11 +5,9 @@
 //! Needs `cargo build -p ils-control -p ils-load` (both are default workspace members, so a
 //! plain `cargo build` does it).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ils_tests::http::start_control;
-use ils_tests::workspace_bin;
+use ils_tests::load::run_load;
 
 const SECRET: &str = "load-smoke-test-secret-0123456789";
 const VIEWERS: usize = 200;
@@ -30,15 +28,12 @@ fn json_num(text: &str, key: &str) -> f64 {
 
 #[test]
 fn two_hundred_audio_viewers_for_ten_seconds() {
-    let tmp = std::env::temp_dir().join(format!("ils-load-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (control, addr) = start_control(&tmp.join("data"), SECRET);
-    let out = tmp.join("out");
-    let started = Instant::now();
-    let load = Command::new(workspace_bin("ils-load"))
-        .args(["--target", "ils"])
-        .arg(format!("http://{addr}"))
-        .args([
+    let run = run_load(
+        "ils-load-smoke",
+        SECRET,
+        &[
+            "--target",
+            "ils",
             "--scenario",
             "audio",
             "--viewers",
@@ -48,43 +43,29 @@ fn two_hundred_audio_viewers_for_ten_seconds() {
             "--duration",
             "10",
             "--quiet",
-        ])
-        .arg("--control-pid")
-        .arg(control.0.id().expect("control pid").to_string())
-        .arg("--out")
-        .arg(&out)
-        .env("ILS_SECRET", SECRET)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run ils-load (cargo build -p ils-load)");
-    let summary = String::from_utf8_lossy(&load.stdout);
-    eprintln!("{summary}");
-    assert!(load.status.success(), "ils-load failed: {}", load.status);
-    let json = std::fs::read_to_string(out.join("result.json")).expect("result.json");
-
-    assert_eq!(json_num(&json, "viewers_connected") as usize, VIEWERS);
-    assert_eq!(json_num(&json, "join_failures"), 0.0);
-    assert_eq!(json_num(&json, "viewers_with_media") as usize, VIEWERS);
-    // 10 s of 50 pps audio to 200 viewers: ~100k packets; demand at least half of that.
-    let rx = json_num(&json, "rx_packets");
-    assert!(rx > 50_000.0, "only {rx} packets received");
-    assert!(json_num(&json, "count") > 0.0, "no latency samples");
-    let p99 = json_num(&json, "p99_us");
-    assert!(p99.is_finite() && p99 > 0.0, "p99 {p99}");
-    assert_eq!(json_num(&json, "lost"), 0.0, "packets lost");
-    assert_eq!(json_num(&json, "loss_percent"), 0.0);
-    assert_eq!(json_num(&json, "decrypt_failures"), 0.0);
-    assert!(
-        json_num(&json, "consent_ok") > 0.0,
-        "consent never answered"
+        ],
     );
-    assert!(json_num(&json, "rr_sent") > 0.0);
+    let (json, out) = (&run.result, &run.out);
+
+    assert_eq!(json_num(json, "viewers_connected") as usize, VIEWERS);
+    assert_eq!(json_num(json, "join_failures"), 0.0);
+    assert_eq!(json_num(json, "viewers_with_media") as usize, VIEWERS);
+    // 10 s of 50 pps audio to 200 viewers: ~100k packets; demand at least half of that.
+    let rx = json_num(json, "rx_packets");
+    assert!(rx > 50_000.0, "only {rx} packets received");
+    assert!(json_num(json, "count") > 0.0, "no latency samples");
+    let p99 = json_num(json, "p99_us");
+    assert!(p99.is_finite() && p99 > 0.0, "p99 {p99}");
+    assert_eq!(json_num(json, "lost"), 0.0, "packets lost");
+    assert_eq!(json_num(json, "loss_percent"), 0.0);
+    assert_eq!(json_num(json, "decrypt_failures"), 0.0);
+    assert!(json_num(json, "consent_ok") > 0.0, "consent never answered");
+    assert!(json_num(json, "rr_sent") > 0.0);
     assert!(out.join("summary.md").exists() && out.join("latency-cdf.svg").exists());
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        run.took < Duration::from_secs(60),
         "smoke took {:?}",
-        started.elapsed()
+        run.took
     );
-    drop(control);
-    let _ = std::fs::remove_dir_all(&tmp);
+    run.finish();
 }

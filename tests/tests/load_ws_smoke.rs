@@ -9,11 +9,9 @@
 //! Needs `cargo build -p ils-control -p ils-load` (both are default workspace members, so a
 //! plain `cargo build` does it).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ils_tests::http::start_control;
-use ils_tests::workspace_bin;
+use ils_tests::load::run_load;
 use serde_json::Value;
 
 const SECRET: &str = "load-ws-smoke-test-secret-0123456789";
@@ -28,14 +26,10 @@ fn num(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn two_hundred_ws_viewers_react_chat_and_vote() {
-    let tmp = std::env::temp_dir().join(format!("ils-load-ws-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (control, addr) = start_control(&tmp.join("data"), SECRET);
-    let out = tmp.join("out");
-    let started = Instant::now();
-    let load = Command::new(workspace_bin("ils-load"))
-        .arg(format!("http://{addr}"))
-        .args([
+    let run = run_load(
+        "ils-load-ws-smoke",
+        SECRET,
+        &[
             "--scenario",
             "audience",
             "--room",
@@ -52,19 +46,10 @@ fn two_hundred_ws_viewers_react_chat_and_vote() {
             "--chat-every-s",
             "10",
             "--quiet",
-        ])
-        .arg("--control-pid")
-        .arg(control.0.id().expect("control pid").to_string())
-        .arg("--out")
-        .arg(&out)
-        .env("ILS_SECRET", SECRET)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run ils-load (cargo build -p ils-load)");
-    eprintln!("{}", String::from_utf8_lossy(&load.stdout));
-    assert!(load.status.success(), "ils-load failed: {}", load.status);
-    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json");
-    let r: Value = serde_json::from_str(&text).expect("result.json is JSON");
+        ],
+    );
+    let text = &run.result;
+    let r: Value = serde_json::from_str(text).expect("result.json is JSON");
 
     // Joins.
     assert_eq!(num(&r, "viewers_joined") as u64, VIEWERS, "{text}");
@@ -132,14 +117,13 @@ fn two_hundred_ws_viewers_react_chat_and_vote() {
         num(&r, "control_cpu_percent") > 0.0,
         "control CPU not measured"
     );
-    assert!(out.join("summary.md").exists());
+    assert!(run.out.join("summary.md").exists());
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        run.took < Duration::from_secs(60),
         "smoke took {:?}",
-        started.elapsed()
+        run.took
     );
-    drop(control);
-    let _ = std::fs::remove_dir_all(&tmp);
+    run.finish();
 }
 
 /// The conference scenario (issue 4, "K all-to-all") through the real server: 4 hosts publish
@@ -147,13 +131,10 @@ fn two_hundred_ws_viewers_react_chat_and_vote() {
 /// delivers media without loss and no packet arrives on an SSRC the answer did not announce.
 #[test]
 fn four_hosts_conference_over_ws_slots() {
-    let tmp = std::env::temp_dir().join(format!("ils-load-conf-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (control, addr) = start_control(&tmp.join("data"), SECRET);
-    let out = tmp.join("out");
-    let load = Command::new(workspace_bin("ils-load"))
-        .arg(format!("http://{addr}"))
-        .args([
+    let run = run_load(
+        "ils-load-conf-smoke",
+        SECRET,
+        &[
             "--scenario",
             "conference",
             "--room",
@@ -163,19 +144,10 @@ fn four_hosts_conference_over_ws_slots() {
             "--duration",
             "3",
             "--quiet",
-        ])
-        .arg("--control-pid")
-        .arg(control.0.id().expect("control pid").to_string())
-        .arg("--out")
-        .arg(&out)
-        .env("ILS_SECRET", SECRET)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run ils-load (cargo build -p ils-load)");
-    eprintln!("{}", String::from_utf8_lossy(&load.stdout));
-    assert!(load.status.success(), "ils-load failed: {}", load.status);
-    let text = std::fs::read_to_string(out.join("result.json")).expect("result.json");
-    let r: Value = serde_json::from_str(&text).expect("result.json is JSON");
+        ],
+    );
+    let text = &run.result;
+    let r: Value = serde_json::from_str(text).expect("result.json is JSON");
     assert_eq!(num(&r, "publishers_connected"), 4.0, "{text}");
     assert_eq!(num(&r, "viewers_connected"), 4.0, "{text}");
     assert_eq!(num(&r, "join_failures"), 0.0);
@@ -200,6 +172,5 @@ fn four_hosts_conference_over_ws_slots() {
         "no slots announced: {}",
         r["ws_messages"]
     );
-    drop(control);
-    let _ = std::fs::remove_dir_all(&tmp);
+    run.finish();
 }
