@@ -16,3 +16,4 @@ pub use dtls::{
 };
 pub use peer::{PeerError, PeerStats, TestPeer};
 pub use proc::{free_udp_port_range, try_free_udp_port_range, workspace_bin, ChildGuard};
+pub mod ws;

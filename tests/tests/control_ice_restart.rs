@@ -11,30 +11,12 @@ use std::time::{Duration, Instant};
 use ils_control::auth::{self, Role, Secret};
 use ils_tests::http::{metric, now_unix as now, request, start_control};
 use ils_tests::peer::{binding_request, check_binding_response};
+use ils_tests::ws::{attr, candidate};
 
 const SECRET: &str = "control-ice-restart-test-secret-0123456789";
 const CHROMIUM_OFFER: &str =
     include_str!("../../control/src/sdp/fixtures/chromium156-offer-simulcast.sdp");
 const FRAG: &str = "application/trickle-ice-sdpfrag";
-
-/// First `a=<attr>:` value in an SDP or sdpfrag.
-fn attr(sdp: &str, name: &str) -> String {
-    let p = format!("a={name}:");
-    sdp.lines()
-        .find_map(|l| l.strip_prefix(&p))
-        .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
-        .trim()
-        .to_string()
-}
-
-/// The (ip, port) of the first host candidate.
-fn candidate(sdp: &str) -> SocketAddr {
-    let c = attr(sdp, "candidate");
-    let f: Vec<&str> = c.split_whitespace().collect();
-    format!("{}:{}", f[4], f[5])
-        .parse()
-        .expect("candidate address")
-}
 
 fn wait_applied(addr: SocketAddr, above: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -9,151 +9,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use ils_control::auth::{self, Claims, Grant, Role, Secret};
-use ils_tests::http::{now_unix as now, request, start_control};
+use ils_control::auth::{Grant, Role};
+use ils_tests::http::{request, start_control};
+use ils_tests::ws::{self, attr, candidate, connect_peer, join, transport, Client};
 use ils_tests::TestPeer;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "control-ws-test-secret-0123456789";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 fn token(room: &str, role: Role, identity: &str, grants: Option<Vec<Grant>>) -> String {
-    auth::issue_claims(
-        &Secret::from_str(SECRET),
-        &Claims {
-            room: room.into(),
-            role,
-            identity: Some(identity.into()),
-            exp: now() + 600,
-            iat: Some(now()),
-            grants,
-            name: Some(identity.to_uppercase()),
-        },
-    )
-}
-
-/// A `/ws` client that keeps every message it read.
-struct Client {
-    ws: Ws,
-    seen: Vec<Value>,
-    closed: Option<(u16, String)>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-            .await
-            .expect("websocket upgrade");
-        Client {
-            ws,
-            seen: Vec::new(),
-            closed: None,
-        }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send");
-    }
-
-    /// Next JSON message within `wait`, or `None` (timeout or close; a close is recorded).
-    async fn next(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            match m {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str()).expect("server sends JSON");
-                    self.seen.push(v.clone());
-                    return Some(v);
-                }
-                Ok(Message::Close(f)) => {
-                    self.closed = Some(
-                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
-                            .unwrap_or((1005, String::new())),
-                    );
-                    return None;
-                }
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The first message of type `t` (matching `pred`) within 5 s; panics otherwise.
-    async fn expect(&mut self, t: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(v) = self.next(Duration::from_millis(200)).await {
-                if v["type"] == t && pred(&v) {
-                    return v;
-                }
-            } else if self.closed.is_some() {
-                break;
-            }
-        }
-        panic!(
-            "no {t} message; closed {:?}; seen {:#?}",
-            self.closed, self.seen
-        );
-    }
-
-    /// Read until the server closes (at most 5 s); the close code and reason.
-    async fn close_frame(&mut self) -> (u16, String) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.closed.is_none() && Instant::now() < deadline {
-            self.next(Duration::from_millis(200)).await;
-        }
-        self.closed.clone().expect("server closed the socket")
-    }
-}
-
-async fn join(addr: SocketAddr, tok: &str) -> (Client, Value) {
-    let mut c = Client::connect(addr).await;
-    c.send(json!({"type": "hello", "v": 1, "token": tok, "rid": "h"}))
-        .await;
-    let w = c.expect("welcome", |_| true).await;
-    assert_eq!(w["rid"], "h");
-    (c, w)
-}
-
-fn attr(sdp: &str, name: &str) -> String {
-    let p = format!("a={name}:");
-    sdp.lines()
-        .find_map(|l| l.strip_prefix(&p))
-        .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
-        .trim()
-        .to_string()
-}
-
-fn candidate(sdp: &str) -> SocketAddr {
-    let c = attr(sdp, "candidate");
-    let f: Vec<&str> = c.split_whitespace().collect();
-    format!("{}:{}", f[4], f[5]).parse().expect("candidate")
+    ws::token(SECRET, room, role, identity, grants)
 }
 
 const AUDIO_SSRC: u32 = 0x1111_0001;
 const VIDEO_SSRC: u32 = 0x2222_0002;
-
-fn transport(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
-    let a = peer.local_addr();
-    format!(
-        "c=IN IP4 {ip}\r\na=candidate:1 1 udp 2122260223 {ip} {port} typ host\r\n\
-         a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n\
-         a=rtcp-mux\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
-        ip = a.ip(),
-        port = a.port(),
-        fp = peer.certificate_fingerprint()
-    )
-}
 
 /// Send-only Opus + VP8 (one layer each, SSRCs signalled).
 fn publisher_offer(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
@@ -175,16 +44,6 @@ fn subscriber_offer(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
          m=video 9 UDP/TLS/RTP/SAVPF 96\r\n{t}a=mid:v0\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n\
          m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{t}a=mid:a0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
     )
-}
-
-async fn connect_peer(peer: &mut TestPeer, answer: &str) {
-    peer.connect(
-        candidate(answer),
-        &attr(answer, "ice-ufrag"),
-        &attr(answer, "ice-pwd"),
-    )
-    .await
-    .expect("ICE + DTLS with the engine");
 }
 
 /// RTP packets the subscriber receives within `wait`.

@@ -11,107 +11,24 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use ils_control::auth::{self, Claims, Role, Secret};
-use ils_tests::http::{now_unix as now, start_control};
+use ils_control::auth::Role;
+use ils_tests::http::start_control;
+use ils_tests::ws::{self, connect_peer, transport, Client, MID_EXT};
 use ils_tests::TestPeer;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "control-ws-audio-test-secret-0123456789";
 /// The publishers' `ssrc-audio-level` extension id (offered and kept in the answer).
 const LEVEL_EXT: u8 = 1;
-const MID_EXT: u8 = 4;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn token(room: &str, role: Role, identity: &str) -> String {
-    auth::issue_claims(
-        &Secret::from_str(SECRET),
-        &Claims {
-            room: room.into(),
-            role,
-            identity: Some(identity.into()),
-            exp: now() + 600,
-            iat: Some(now()),
-            grants: None,
-            name: Some(identity.to_uppercase()),
-        },
-    )
+    ws::token(SECRET, room, role, identity, None)
 }
 
-struct Client {
-    ws: Ws,
-    seen: Vec<Value>,
-}
-
-impl Client {
-    async fn join(addr: SocketAddr, tok: &str) -> (Client, u64) {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-            .await
-            .expect("websocket upgrade");
-        let mut c = Client {
-            ws,
-            seen: Vec::new(),
-        };
-        c.send(json!({"type": "hello", "v": 1, "token": tok})).await;
-        let w = c.expect("welcome", |_| true, Duration::from_secs(5)).await;
-        (c, w["you"]["id"].as_u64().expect("id"))
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send");
-    }
-
-    /// The first message of type `t` matching `pred` within `wait`; panics otherwise.
-    async fn expect(&mut self, t: &str, pred: impl Fn(&Value) -> bool, wait: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next()).await;
-            match m {
-                Ok(Some(Ok(Message::Text(t2)))) => {
-                    let v: Value = serde_json::from_str(t2.as_str()).expect("JSON");
-                    self.seen.push(v.clone());
-                    if v["type"] == t && pred(&v) {
-                        return v;
-                    }
-                }
-                Ok(Some(Ok(_))) => continue,
-                _ => panic!("no {t} message within {wait:?}; seen {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-fn attr(sdp: &str, name: &str) -> String {
-    let p = format!("a={name}:");
-    sdp.lines()
-        .find_map(|l| l.strip_prefix(&p))
-        .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
-        .trim()
-        .to_string()
-}
-
-fn candidate(sdp: &str) -> SocketAddr {
-    let c = attr(sdp, "candidate");
-    let f: Vec<&str> = c.split_whitespace().collect();
-    format!("{}:{}", f[4], f[5]).parse().expect("candidate")
-}
-
-fn transport(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
-    let a = peer.local_addr();
-    format!(
-        "c=IN IP4 {ip}\r\na=candidate:1 1 udp 2122260223 {ip} {port} typ host\r\n\
-         a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {fp}\r\na=setup:actpass\r\n\
-         a=rtcp-mux\r\na=extmap:{MID_EXT} urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
-        ip = a.ip(),
-        port = a.port(),
-        fp = peer.certificate_fingerprint()
-    )
+/// Join with `tok`; the client and its participant id.
+async fn join_id(addr: SocketAddr, tok: &str) -> (Client, u64) {
+    let (c, w) = ws::join(addr, tok).await;
+    (c, w["you"]["id"].as_u64().expect("id"))
 }
 
 /// Send-only Opus with the audio-level extension, SSRC signalled.
@@ -133,16 +50,6 @@ fn subscriber_offer(peer: &TestPeer, ufrag: &str, pwd: &str) -> String {
          m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{t}a=mid:a0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n\
          m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{t}a=mid:a1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
     )
-}
-
-async fn connect_peer(peer: &mut TestPeer, answer: &str) {
-    peer.connect(
-        candidate(answer),
-        &attr(answer, "ice-ufrag"),
-        &attr(answer, "ice-pwd"),
-    )
-    .await
-    .expect("ICE + DTLS with the engine");
 }
 
 /// Sends 20 ms Opus-sized packets from `peer` with the current `level` in the audio-level
@@ -219,7 +126,7 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
     let _ = std::fs::remove_dir_all(&data);
     let (_control, addr) = start_control(&data, SECRET);
     let room = "voices";
-    let (mut prod, _) = Client::join(addr, &token(room, Role::Producer, "prod")).await;
+    let (mut prod, _) = join_id(addr, &token(room, Role::Producer, "prod")).await;
 
     // three hosts publish; tags 1, 2, 3; host 2 starts silent
     let run = Arc::new(AtomicBool::new(true));
@@ -228,16 +135,14 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
     let levels = [10u8, 127, 25];
     for (i, lv) in levels.iter().enumerate() {
         let name = format!("host{i}");
-        let (mut c, id) = Client::join(addr, &token(room, Role::Host, &name)).await;
+        let (mut c, id) = join_id(addr, &token(room, Role::Host, &name)).await;
         let ufrag = format!("hufrag{i}");
         let pwd = format!("hostpassword0123456789a{i}");
         let ssrc = 0x1000_0000 + i as u32;
         let mut p = TestPeer::new(&ufrag, &pwd).expect("peer");
         c.send(json!({"type": "publish", "sdp": publisher_offer(&p, &ufrag, &pwd, ssrc), "rid": "pub"}))
             .await;
-        let a = c
-            .expect("answer", |v| v["rid"] == "pub", Duration::from_secs(5))
-            .await;
+        let a = c.expect("answer", |v| v["rid"] == "pub").await;
         let sdp = a["sdp"].as_str().expect("sdp");
         assert!(
             sdp.contains("ssrc-audio-level"),
@@ -256,26 +161,19 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
             json!({"type": "move", "participant": id, "to": "stage", "rid": format!("m{i}")}),
         )
         .await;
-        prod.expect(
-            "ack",
-            |v| v["rid"] == format!("m{i}"),
-            Duration::from_secs(5),
-        )
-        .await;
+        prod.expect("ack", |v| v["rid"] == format!("m{i}")).await;
         hosts.push((c, id, level));
     }
     let ids: Vec<u64> = hosts.iter().map(|h| h.1).collect();
 
     // a viewer with two audio slots
-    let (mut viewer, _) = Client::join(addr, &token(room, Role::Viewer, "viewer")).await;
+    let (mut viewer, _) = join_id(addr, &token(room, Role::Viewer, "viewer")).await;
     let (uf, pw) = ("viewufrag", "viewpassword0123456789ab");
     let mut vp = TestPeer::new(uf, pw).expect("peer");
     viewer
         .send(json!({"type": "subscribe", "sdp": subscriber_offer(&vp, uf, pw), "video_slots": 0, "audio_slots": 2, "rid": "sub"}))
         .await;
-    let a = viewer
-        .expect("answer", |v| v["rid"] == "sub", Duration::from_secs(5))
-        .await;
+    let a = viewer.expect("answer", |v| v["rid"] == "sub").await;
     connect_peer(&mut vp, a["sdp"].as_str().expect("sdp")).await;
 
     // hosts 0 and 2 talk, host 1 is silent: the slots carry 0 and 2 (after the hold)
@@ -284,7 +182,9 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
         let s: HashSet<String> = audio_slots(v).iter().map(|p| p.to_string()).collect();
         s == HashSet::from([ids[0].to_string(), ids[2].to_string()])
     };
-    let s = viewer.expect("slots", loud, Duration::from_secs(6)).await;
+    let s = viewer
+        .expect_within("slots", loud, Duration::from_secs(6))
+        .await;
     let first = audio_slots(&s);
     eprintln!("loudest two mapped after {:?}: {first:?}", t0.elapsed());
     // what was in flight before the re-mapping
@@ -303,7 +203,7 @@ async fn two_audio_slots_carry_the_two_loudest_of_three_hosts() {
     hosts[1].2.store(5, Ordering::Relaxed);
     hosts[2].2.store(127, Ordering::Relaxed);
     let s = viewer
-        .expect(
+        .expect_within(
             "slots",
             |v| audio_slots(v).contains(&json!(ids[1])),
             Duration::from_secs(6),
