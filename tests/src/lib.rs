@@ -9,6 +9,7 @@ pub mod load;
 pub mod peer;
 pub mod proc;
 pub mod scenario;
+pub mod ws;
 
 pub use dtls::{
     dtls_client_conn, dtls_server, dtls_server_conn, fingerprint, generate_cert, ChannelConn,
@@ -16,4 +17,3 @@ pub use dtls::{
 };
 pub use peer::{PeerError, PeerStats, TestPeer};
 pub use proc::{free_udp_port_range, try_free_udp_port_range, workspace_bin, ChildGuard};
-pub mod ws;

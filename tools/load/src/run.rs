@@ -374,18 +374,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         .engine_pid
         .or_else(|| control_pid.and_then(|c| proc::find_child(c, "engine")));
 
-    let bar = if cfg.progress {
-        let b = indicatif::ProgressBar::new(cfg.viewers as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(cfg.progress, cfg.viewers as u64);
 
     // Publishers first (one after another, like hosts going live).
     let mut cleanup: Vec<(String, Option<String>)> = Vec::new();
@@ -618,4 +607,19 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         crate::report::write_all(dir, &result, &report.latency)?;
     }
     Ok((result, report.latency))
+}
+
+/// A progress bar of `len` steps on stderr when `show` (`--progress`), else a hidden one.
+pub(crate) fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
 }

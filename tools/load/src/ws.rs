@@ -582,6 +582,22 @@ fn token(secret: &Secret, room: &str, role: Role, identity: &str) -> String {
     )
 }
 
+/// The token secret and the `/ws` URL (`http` → `ws`, `https` → `wss`) of the server a `/ws`
+/// scenario runs against; an error naming `scenario` when no secret was given.
+fn ws_endpoint(cfg: &RunConfig, scenario: &str) -> anyhow::Result<(Secret, String)> {
+    let secret = cfg.secret.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("the {scenario} scenario mints /ws tokens: pass --secret (or ILS_SECRET)")
+    })?;
+    let ws_url = format!(
+        "{}/ws",
+        cfg.url
+            .trim_end_matches('/')
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    );
+    Ok((Secret::from_str(secret), ws_url))
+}
+
 /// Runs the audience scenario end to end and writes result.json / summary.md to
 /// `cfg.out_dir`.
 pub fn run_audience(cfg: &RunConfig) -> anyhow::Result<AudienceResult> {
@@ -595,17 +611,7 @@ pub fn run_audience(cfg: &RunConfig) -> anyhow::Result<AudienceResult> {
         cfg.reaction_every_s > 0.0 && cfg.chat_every_s > 0.0,
         "--reaction-every-s and --chat-every-s must be > 0"
     );
-    let secret = cfg.secret.as_deref().ok_or_else(|| {
-        anyhow::anyhow!("the audience scenario mints /ws tokens: pass --secret (or ILS_SECRET)")
-    })?;
-    let secret = Secret::from_str(secret);
-    let ws_url = format!(
-        "{}/ws",
-        cfg.url
-            .trim_end_matches('/')
-            .replacen("https://", "wss://", 1)
-            .replacen("http://", "ws://", 1)
-    );
+    let (secret, ws_url) = ws_endpoint(cfg, "audience")?;
     raise_nofile(cfg.viewers as u64 + 1024);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -644,19 +650,8 @@ pub fn run_audience(cfg: &RunConfig) -> anyhow::Result<AudienceResult> {
         tasks.push(rt.spawn(client(ws, who, 0, sh.clone(), phase_rx.clone(), b.clone())));
     }
 
-    let bar = if cfg.progress {
-        let b = indicatif::ProgressBar::new(cfg.viewers as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_message("joining /ws");
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::run::progress_bar(cfg.progress, cfg.viewers as u64);
+    bar.set_message("joining /ws");
     let joins: Arc<Mutex<JoinLog>> =
         Arc::new(Mutex::new((Vec::with_capacity(cfg.viewers), Vec::new(), 0)));
     let sem = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
@@ -1160,17 +1155,7 @@ pub async fn conference_join(
         k >= 2,
         "a conference needs at least 2 participants (--hosts)"
     );
-    let secret = cfg.secret.as_deref().ok_or_else(|| {
-        anyhow::anyhow!("the conference scenario mints /ws tokens: pass --secret (or ILS_SECRET)")
-    })?;
-    let secret = Secret::from_str(secret);
-    let ws_url = format!(
-        "{}/ws",
-        cfg.url
-            .trim_end_matches('/')
-            .replacen("https://", "wss://", 1)
-            .replacen("http://", "ws://", 1)
-    );
+    let (secret, ws_url) = ws_endpoint(cfg, "conference")?;
     let shared = Arc::new(Shared::default());
     let (stop, stop_rx) = watch::channel(Phase::Join);
     let mut out = ConferenceJoin {
