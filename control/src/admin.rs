@@ -30,22 +30,11 @@ use ils_session::{AppTarget, ClientMsg, ErrorCode, Pid, Place};
 use serde::Deserialize;
 
 use crate::auth;
-use crate::http::App;
+use crate::http::{text, App};
 use crate::ws::{run_outcome, Hub, HubError, IlsRoom};
 
 /// Default audience page size of `GET .../participants`. Default 100.
 pub const DEFAULT_PAGE: u32 = 100;
-
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    let mut m = msg.into();
-    m.push('\n');
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        m,
-    )
-        .into_response()
-}
 
 /// HTTP status for a session refusal code.
 pub fn status_for(code: ErrorCode) -> StatusCode {
@@ -116,6 +105,12 @@ fn session_of(app: &App, room: &str) -> Result<Arc<IlsRoom>, Response> {
         .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no session {room:?}")))
 }
 
+/// The session of `room` for an authorized admin request: [`admin_auth`], then [`session_of`].
+fn admin_session(app: &App, headers: &HeaderMap, room: &str) -> Result<Arc<IlsRoom>, Response> {
+    admin_auth(app, headers, room)?;
+    session_of(app, room)
+}
+
 async fn create_session(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
@@ -146,10 +141,7 @@ async fn end_session(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = admin_auth(&app, &headers, &room) {
-        return r;
-    }
-    let s = match session_of(&app, &room) {
+    let s = match admin_session(&app, &headers, &room) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -177,10 +169,7 @@ async fn participants(
     Query(q): Query<PageQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = admin_auth(&app, &headers, &room) {
-        return r;
-    }
-    let s = match session_of(&app, &room) {
+    let s = match admin_session(&app, &headers, &room) {
         Ok(s) => s,
         Err(r) => return r,
     };

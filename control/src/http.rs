@@ -110,7 +110,8 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+/// A `text/plain` response: `msg` and a newline.
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
     m.push('\n');
     (
