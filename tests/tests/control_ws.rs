@@ -338,25 +338,22 @@ async fn ils_session_over_ws_with_real_media() {
     assert!(reason.contains("invalid messages"), "{reason}");
 
     // ---- the producer ends the session: everyone gets ended and a close ----
-    let r = request(
-        addr,
-        "DELETE",
-        &format!("/api/sessions/{room}"),
-        &[auth_h],
-        "",
-    );
+    let end_session = || {
+        request(
+            addr,
+            "DELETE",
+            &format!("/api/sessions/{room}"),
+            &[auth_h],
+            "",
+        )
+    };
+    let r = end_session();
     assert_eq!(r.status, 200, "{}", r.body);
     viewer.expect("ended", |_| true).await;
     let (code, reason) = viewer.close_frame().await;
     assert_eq!(code, 1000);
     assert!(reason.contains("ended"), "{reason}");
-    let r = request(
-        addr,
-        "DELETE",
-        &format!("/api/sessions/{room}"),
-        &[auth_h],
-        "",
-    );
+    let r = end_session();
     assert_eq!(r.status, 410, "already ended: {}", r.body);
     // joining an ended session is refused with a reason
     let mut late = Client::connect(addr).await;
