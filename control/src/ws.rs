@@ -3,10 +3,13 @@
 //! sans-IO `ils_session::Session` decides who may do what and who hears about it; this module
 //! does the I/O around it:
 //!
-//! * **Sockets**: one task per socket, `hello` within [`HELLO_TIMEOUT`], frames capped at
-//!   [`WS_MAX_MESSAGE_BYTES`], pings every [`PING_INTERVAL`], closed after [`IDLE_TIMEOUT`]
-//!   of silence, sends bounded by [`SEND_TIMEOUT`]. Every refusal is a typed `error`; every close
-//!   carries a reason.
+//! * **Sockets**: a socket-loop task per socket and a reader task that feeds it client frames
+//!   ([`READ_QUEUE`]; it runs only when the socket is readable, so fan-out wake-ups never poll
+//!   the read side; read buffer [`WS_READ_BUFFER_BYTES`]). `hello` within [`HELLO_TIMEOUT`],
+//!   frames capped at [`WS_MAX_MESSAGE_BYTES`], pings every [`PING_INTERVAL`], closed after
+//!   [`IDLE_TIMEOUT`] of silence, sends bounded by [`SEND_TIMEOUT`]. Frames already waiting for
+//!   a socket are written together with one flush ([`WRITE_BATCH`]). Every refusal is a typed
+//!   `error`; every close carries a reason.
 //! * **Fan-out**: every `Out { to, msg }` of the session is serialized **once**; messages to one
 //!   participant go to that socket's bounded queue ([`DIRECT_QUEUE`]), everything else to the
 //!   session's bounded broadcast channel ([`BROADCAST_CAPACITY`]) whose receivers keep what
@@ -1389,7 +1392,7 @@ pub async fn audio_levels(app: &Arc<App>, levels: &[(u32, u8)]) {
     }
 }
 
-/// `GET /ws`: upgrade and run the socket (one task per socket).
+/// `GET /ws`: upgrade and run the socket (a socket-loop task and a reader task per socket).
 pub async fn ws_handler(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(WS_MAX_MESSAGE_BYTES)
         .max_frame_size(WS_MAX_MESSAGE_BYTES)
