@@ -33,7 +33,7 @@ pub fn answer_publish(offer: &str, local: &LocalParams) -> Result<Negotiated, Sd
 /// (`a=ssrc` cname/msid, and `a=ssrc-group:FID` when RTX is negotiated). `prefer` names the codecs
 /// to pick first per kind, else video VP8, VP9, H264, AV1 and audio opus. `next_ssrc` supplies
 /// unique non-zero SSRCs (0 or a repeat within this answer is skipped, at most
-/// [`MAX_SSRC_TRIES`] times, then 500).
+/// `MAX_SSRC_TRIES` times, then 500).
 pub fn answer_view(
     offer: &str,
     local: &LocalParams,
