@@ -39,15 +39,13 @@
 //
 // Exit 0 when every check passed, 1 otherwise; the last line is "browser ils session: N passed, M failed".
 
-import { chromium } from "playwright-core";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createServer, request as httpRequest } from "node:http";
 import { connect as netConnect } from "node:net";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ControlProcess, check, hostPort, intEnv, launchChromium, log, runTest, sleep, t0 } from "./harness.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB_DIR = resolve(HERE, "../../control/web");
@@ -80,97 +78,25 @@ const APP_FILES = {
   "/viewer.html": ["viewer.html", "text/html; charset=utf-8"],
 };
 
-/** Chromium flags: as tests/browser/whip_whep.mjs (shared TESTING.md). */
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream=fps=30",
-  "--allow-loopback-in-peer-connection",
-  "--autoplay-policy=no-user-gesture-required",
-  "--disable-background-timer-throttling",
-  "--disable-renderer-backgrounding",
-  "--disable-backgrounding-occluded-windows",
-];
-
-function intEnv(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === "") return dflt;
-  const n = Number.parseInt(v, 10);
-  return Number.isFinite(n) && n >= 0 ? n : dflt;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+const TITLE = `browser ils session${MOCK ? " (mock server)" : ""}`;
 
 // ------------------------------------------------------------------------------------------
-// Checks
+// Checks (check() and the summary are in harness.mjs)
 
-/** @type {{name:string, ok:boolean, detail:string}[]} */
-const results = [];
-function check(name, ok, detail = "") {
-  results.push({ name, ok: !!ok, detail });
-  console.log(`${ok ? "PASS" : "FAIL"} ${name}${detail ? ": " + detail : ""}`);
-  return !!ok;
-}
 /** A precondition: records the check and stops the scenario when it failed. */
 function need(name, ok, detail = "") {
   if (!check(name, ok, detail)) throw new Error(`stopped: "${name}" failed; later steps depend on it`);
-}
-function summary() {
-  const passed = results.filter((r) => r.ok).length;
-  const failed = results.length - passed;
-  return { passed, failed, line: `browser ils session${MOCK ? " (mock server)" : ""}: ${passed} passed, ${failed} failed` };
 }
 
 // ------------------------------------------------------------------------------------------
 // ils-control, and the fallback front server for the app pages
 
-class Control {
+class Control extends ControlProcess {
   constructor() {
-    this.bin = process.env.ILS_CONTROL_BIN;
-    if (!this.bin) throw new Error("ILS_CONTROL_BIN is not set (run through tests/browser/run.sh)");
-    this.dataDir = process.env.ILS_DATA_DIR || mkdtempSync(join(tmpdir(), "ils-session-"));
-    this.extra = (process.env.ILS_CONTROL_ARGS || "").split(/\s+/).filter(Boolean);
-    this.child = null;
+    super(HTTP, "ils-session-");
   }
-  async start() {
-    const logPath = join(ARTIFACTS, "ils-control.log");
-    const fd = openSync(logPath, "w");
-    const args = ["--dev", "--data-dir", this.dataDir, "--http", HTTP, ...this.extra];
-    log(`starting ${this.bin} ${args.join(" ")} (log ${logPath})`);
-    const child = spawn(this.bin, args, { stdio: ["ignore", fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
-    closeSync(fd);
-    this.child = child;
-    let exited = null;
-    child.on("exit", (code, sig) => { exited = { code, sig }; });
-    const until = Date.now() + 30_000;
-    while (Date.now() < until) {
-      if (exited) {
-        const tail = readFileSync(logPath, "utf8").trim().split("\n").slice(-5).join(" / ");
-        throw new Error(`ils-control exited during start-up (code ${exited.code}, signal ${exited.sig}): ${tail}`);
-      }
-      try {
-        const res = await fetch(`${BASE}/`, { signal: AbortSignal.timeout(1000) });
-        if (res.ok) { log(`ils-control up (pid ${child.pid})`); return; }
-      } catch (_) { /* not listening yet */ }
-      await sleep(100);
-    }
-    throw new Error(`ils-control did not answer GET / within 30 s; see ${logPath}`);
-  }
-  async stop() {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-    await gone;
-    clearTimeout(t);
+  start() {
+    return this.spawnAndWait(join(ARTIFACTS, "ils-control.log"), 30_000);
   }
 }
 
@@ -179,7 +105,7 @@ class Control {
  * to ils-control. Used only while control does not serve the app pages itself.
  */
 function startFront() {
-  const [chost, cport] = [HTTP.slice(0, HTTP.lastIndexOf(":")), Number(HTTP.slice(HTTP.lastIndexOf(":") + 1))];
+  const [chost, cport] = hostPort(HTTP);
   const server = createServer((req, res) => {
     const path = new URL(req.url, "http://x").pathname;
     const file = req.method === "GET" ? APP_FILES[path] : undefined;
@@ -209,7 +135,7 @@ function startFront() {
     up.on("close", end);
     socket.on("close", end);
   });
-  const [host, port] = [WEB_HTTP.slice(0, WEB_HTTP.lastIndexOf(":")), Number(WEB_HTTP.slice(WEB_HTTP.lastIndexOf(":") + 1))];
+  const [host, port] = hostPort(WEB_HTTP);
   return new Promise((r, j) => server.listen(port, host, () => r(server)).once("error", j));
 }
 
@@ -287,7 +213,7 @@ class MockIls {
     this.media.on("console", (m) => { if (m.type() === "error") log(`[mock media console] ${m.text()}`); });
     this.server = createServer((req, res) => this.http(req, res));
     this.server.on("upgrade", (req, socket) => this.upgrade(req, socket));
-    const [host, port] = [HTTP.slice(0, HTTP.lastIndexOf(":")), Number(HTTP.slice(HTTP.lastIndexOf(":") + 1))];
+    const [host, port] = hostPort(HTTP);
     await new Promise((r, j) => this.server.listen(port, host, r).once("error", j));
     await this.media.goto(`${BASE}/mockmedia`);
     await this.media.evaluate(installMockMedia);
@@ -681,7 +607,7 @@ async function screenshots(apps, suffix) {
 
 async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   log(`chromium ${browser.version()}`);
   const control = MOCK ? new MockIls(browser) : new Control();
   let front = null;
@@ -922,15 +848,4 @@ async function run(browser) {
   await screenshots([v1], "5-ended");
 }
 
-const watchdog = setTimeout(() => {
-  check(`test finished within ${DEADLINE_S} s`, false, "deadline hit");
-  console.log(summary().line);
-  process.exit(1);
-}, DEADLINE_S * 1000);
-
-await main();
-clearTimeout(watchdog);
-const s = summary();
-writeFileSync(join(ARTIFACTS, "ils-summary.txt"), results.map((r) => `${r.ok ? "PASS" : "FAIL"} ${r.name}: ${r.detail}`).join("\n") + "\n" + s.line + "\n");
-console.log(s.line);
-process.exit(s.failed === 0 && s.passed > 0 ? 0 : 1);
+await runTest({ title: TITLE, deadlineS: DEADLINE_S, summaryPath: join(ARTIFACTS, "ils-summary.txt"), main });

@@ -58,26 +58,36 @@ UNSHARE=(unshare --net --pid --fork --kill-child --mount-proc)
 if [[ "$(id -u)" != 0 ]]; then UNSHARE=(unshare --user --map-root-user --net --pid --fork --kill-child --mount-proc); fi
 "${UNSHARE[@]}" true 2>/dev/null || fail "cannot create namespaces with: ${UNSHARE[*]} (run as root)"
 
-# The ILS session scenario (ils_session.mjs), same namespaces; its log is $ART/ils-session.log.
-run_session() {
-  local src
-  local args=(ils_session.mjs)
-  [[ "$MODE" == mock ]] && args+=(--mock)
-  echo "run.sh: ILS session scenario (${args[*]}), ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP"
+# run_node LOG WHAT TITLE ARGS...: `node ARGS...` inside the namespaces (loopback up), its output
+# also in LOG; returns node's exit status. When the last line is no summary ("browser...: N passed,
+# M failed"), it says WHAT died, prints a failing TITLE summary, sets NODE_SUMMARY=0 and returns 1.
+run_node() {
+  local logf="$1" what="$2" title="$3" rc
+  shift 3
+  NODE_SUMMARY=1
   set +e
   timeout --kill-after=10 "$((ILS_TEST_TIMEOUT_S + 60))" "${UNSHARE[@]}" bash -c '
     set -e
     ip link set lo up
     node "$@"
-  ' bash "${args[@]}" 2>&1 | tee "$ART/ils-session.log"
-  src=${PIPESTATUS[0]}
+  ' bash "$@" 2>&1 | tee "$logf"
+  rc=${PIPESTATUS[0]}
   set -e
-  if ! tail -n 1 "$ART/ils-session.log" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ failed$'; then
-    echo "run.sh: the ILS session scenario died without a summary (exit $src)"
-    echo "browser ils session: 0 passed, 1 failed"
+  if ! tail -n 1 "$logf" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ failed$'; then
+    echo "run.sh: $what died without a summary (exit $rc)"
+    echo "$title: 0 passed, 1 failed"
+    NODE_SUMMARY=0
     return 1
   fi
-  return "$src"
+  return "$rc"
+}
+
+# The ILS session scenario (ils_session.mjs), same namespaces; its log is $ART/ils-session.log.
+run_session() {
+  local args=(ils_session.mjs)
+  [[ "$MODE" == mock ]] && args+=(--mock)
+  echo "run.sh: ILS session scenario (${args[*]}), ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP"
+  run_node "$ART/ils-session.log" "the ILS session scenario" "browser ils session" "${args[@]}"
 }
 if [[ "${ILS_SESSION_ONLY:-0}" == 1 ]]; then
   export ILS_TEST_TIMEOUT_S="${ILS_TEST_TIMEOUT_S:-240}"
@@ -86,20 +96,10 @@ if [[ "${ILS_SESSION_ONLY:-0}" == 1 ]]; then
 fi
 
 echo "run.sh: mode $MODE, ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP, artifacts $ART"
-set +e
 export ILS_TEST_TIMEOUT_S="${ILS_TEST_TIMEOUT_S:-240}"
-timeout --kill-after=10 "$((ILS_TEST_TIMEOUT_S + 60))" "${UNSHARE[@]}" bash -c '
-  set -e
-  ip link set lo up
-  node "$@"
-' bash "${NODE_ARGS[@]}" 2>&1 | tee "$ART/run.log"
-rc=${PIPESTATUS[0]}
-set -e
-if ! tail -n 1 "$ART/run.log" | grep -Eq '^browser.*: [0-9]+ passed, [0-9]+ failed$'; then
-  echo "run.sh: the test died without a summary (exit $rc)"
-  echo "browser: 0 passed, 1 failed"
-  exit 1
-fi
+rc=0
+run_node "$ART/run.log" "the test" "browser" "${NODE_ARGS[@]}" || rc=$?
+[[ "$NODE_SUMMARY" == 1 ]] || exit 1
 if [[ "${ILS_SESSION_TEST:-0}" == 1 ]]; then
   srun=0
   run_session || srun=$?

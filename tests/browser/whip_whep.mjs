@@ -26,13 +26,11 @@
 //
 // Exit 0 when every check passed, 1 otherwise; the last line is "browser: N passed, M failed".
 
-import { chromium } from "playwright-core";
-import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync, closeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ControlProcess, check, hostPort, intEnv, launchChromium, log, runTest, sleep } from "./harness.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB_DIR = resolve(HERE, "../../control/web");
@@ -61,61 +59,14 @@ const MAX_LOSS = 0.02;
 const ARTIFACTS = process.env.ILS_ARTIFACTS || join(HERE, "artifacts");
 const DEADLINE_S = intEnv("ILS_TEST_TIMEOUT_S", 240);
 
-/** Chromium flags from shared TESTING.md (playwright adds --headless and a fresh user-data-dir). */
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-ui-for-media-stream",
-  // The fake camera defaults to 20 fps; 30 gives the restart check (>= 60 frames in 3 s) headroom.
-  "--use-fake-device-for-media-stream=fps=30",
-  "--allow-loopback-in-peer-connection",
-  "--autoplay-policy=no-user-gesture-required",
-  // Keep background pages (all but one are "hidden" tabs) rendering and decoding at full rate.
-  "--disable-background-timer-throttling",
-  "--disable-renderer-backgrounding",
-  "--disable-backgrounding-occluded-windows",
-];
-
-function intEnv(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === "") return dflt;
-  const n = Number.parseInt(v, 10);
-  return Number.isFinite(n) && n >= 0 ? n : dflt;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
-
-// ------------------------------------------------------------------------------------------
-// Checks
-
-/** @type {{name:string, ok:boolean, detail:string}[]} */
-const results = [];
-function check(name, ok, detail = "") {
-  results.push({ name, ok: !!ok, detail });
-  console.log(`${ok ? "PASS" : "FAIL"} ${name}${detail ? ": " + detail : ""}`);
-}
-function summary() {
-  const passed = results.filter((r) => r.ok).length;
-  const failed = results.length - passed;
-  return { passed, failed, line: `browser${MOCK ? " (mock server)" : ""}: ${passed} passed, ${failed} failed` };
-}
+const TITLE = `browser${MOCK ? " (mock server)" : ""}`;
 
 // ------------------------------------------------------------------------------------------
 // Backend: the real ils-control
 
-class ControlBackend {
+class ControlBackend extends ControlProcess {
   constructor() {
-    this.bin = process.env.ILS_CONTROL_BIN;
-    if (!this.bin) throw new Error("ILS_CONTROL_BIN is not set (run through tests/browser/run.sh)");
-    this.dataDir = process.env.ILS_DATA_DIR || mkdtempSync(join(tmpdir(), "ils-browser-"));
-    this.extra = (process.env.ILS_CONTROL_ARGS || "").split(/\s+/).filter(Boolean);
-    this.child = null;
+    super(HTTP, "ils-browser-");
     this.starts = 0;
   }
   describe() {
@@ -123,51 +74,7 @@ class ControlBackend {
   }
   async start() {
     this.starts += 1;
-    const logPath = join(ARTIFACTS, `control-${this.starts}.log`);
-    const fd = openSync(logPath, "w");
-    const args = ["--dev", "--data-dir", this.dataDir, "--http", HTTP, ...this.extra];
-    log(`starting ${this.bin} ${args.join(" ")} (log ${logPath})`);
-    const child = spawn(this.bin, args, { stdio: ["ignore", fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" } });
-    closeSync(fd);
-    this.child = child;
-    let exited = null;
-    child.on("exit", (code, sig) => { exited = { code, sig }; });
-    const until = Date.now() + CONTROL_READY_TIMEOUT_MS;
-    while (Date.now() < until) {
-      if (exited) {
-        const tail = readFileSync(logPath, "utf8").trim().split("\n").slice(-5).join(" / ");
-        throw new Error(`ils-control exited during start-up (code ${exited.code}, signal ${exited.sig}): ${tail}; see ${logPath}`);
-      }
-      try {
-        const res = await fetch(`${BASE}/`, { signal: AbortSignal.timeout(1000) });
-        if (res.ok) {
-          log(`ils-control up (pid ${child.pid})`);
-          return;
-        }
-      } catch (_) { /* not listening yet */ }
-      await sleep(100);
-    }
-    throw new Error(`ils-control did not answer GET / within ${CONTROL_READY_TIMEOUT_MS} ms; see ${logPath}`);
-  }
-  /** SIGKILL, as a crash would: no shutdown code runs. The engine it spawned keeps running. */
-  async kill() {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once("exit", r));
-    log(`SIGKILL ils-control pid ${child.pid}`);
-    process.kill(child.pid, "SIGKILL");
-    await gone;
-    this.child = null;
-  }
-  /** Orderly stop at the end (SIGTERM, then SIGKILL after 5 s). */
-  async stop() {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-    await gone;
-    clearTimeout(t);
+    await this.spawnAndWait(join(ARTIFACTS, `control-${this.starts}.log`), CONTROL_READY_TIMEOUT_MS);
   }
 }
 
@@ -194,7 +101,7 @@ class MockBackend {
       res.writeHead(500, { "Content-Type": "text/plain" });
       res.end(`mock: ${e.message.split("\n")[0]}\n`);
     }));
-    const [host, port] = [HTTP.slice(0, HTTP.lastIndexOf(":")), Number(HTTP.slice(HTTP.lastIndexOf(":") + 1))];
+    const [host, port] = hostPort(HTTP);
     await new Promise((r, j) => this.server.listen(port, host, r).once("error", j));
     await this.serverPage.goto(`${BASE}/mockserver`);
     await this.serverPage.evaluate(installMockServer);
@@ -369,11 +276,7 @@ function lossOk(lost, received) {
 
 async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   log(`chromium ${browser.version()}`);
   const backend = MOCK ? new MockBackend(browser) : new ControlBackend();
   log(`backend: ${backend.describe()}`);
@@ -500,16 +403,4 @@ async function run(browser, backend) {
     statuses.every((s) => /\s2\d\d$/.test(s)), statuses.join(", "));
 }
 
-const watchdog = setTimeout(() => {
-  check(`test finished within ${DEADLINE_S} s`, false, "deadline hit");
-  const s = summary();
-  console.log(s.line);
-  process.exit(1);
-}, DEADLINE_S * 1000);
-
-await main();
-clearTimeout(watchdog);
-const s = summary();
-writeFileSync(join(ARTIFACTS, "summary.txt"), results.map((r) => `${r.ok ? "PASS" : "FAIL"} ${r.name}: ${r.detail}`).join("\n") + "\n" + s.line + "\n");
-console.log(s.line);
-process.exit(s.failed === 0 && s.passed > 0 ? 0 : 1);
+await runTest({ title: TITLE, deadlineS: DEADLINE_S, summaryPath: join(ARTIFACTS, "summary.txt"), main });
