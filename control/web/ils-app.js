@@ -54,6 +54,31 @@ export async function join(role) {
   return { client, room, name };
 }
 
+/**
+ * Runs one app page: [`join`]s as `role` (the page's `client`, `#room` shows the room), runs
+ * `setup({client, room, name})` (the page's controls and panels), then subscribes with `slots`
+ * (`{videoSlots, audioSlots}`) and sets `page.ready`. A failure is shown (#error) and kept in
+ * `page.failed`. `page` becomes `window.ilsPage`, which the browser test reads.
+ * @param {Record<string, any>} page
+ * @param {"host"|"producer"|"viewer"} role
+ * @param {(j: {client:IlsClient, room:string, name:string}) => Promise<void>|void} setup
+ * @param {{videoSlots:number, audioSlots:number}} slots
+ */
+export async function runPage(page, role, setup, slots) {
+  window.ilsPage = page;
+  try {
+    const joined = await join(role);
+    page.client = joined.client;
+    $("room").textContent = joined.room;
+    await setup(joined);
+    page.sub = await joined.client.subscribe(slots);
+    page.ready = true;
+  } catch (e) {
+    showError(e);
+    page.failed = String(e && e.message ? e.message : e);
+  }
+}
+
 /** Display name of a participant id (known participants only). @param {IlsClient} c @param {string} id */
 export function nameOf(c, id) {
   const p = c.participants.get(String(id));

@@ -9,7 +9,7 @@
 //     slots and announces the mapping with `slots` events; the client never renegotiates after the
 //     first offer/answer (`Subscription.negotiations` counts every offer/answer ever made on it).
 
-import { SIMULCAST_LAYERS, devToken } from "./ils.js";
+import { CAMERA, addSendTransceivers, devToken } from "./ils.js";
 
 export { devToken };
 
@@ -692,24 +692,13 @@ export class IlsClient {
    */
   async publish(stream, opts = {}) {
     const own = !stream;
-    const media = stream || (await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-      audio: true,
-    }));
+    const media = stream || (await navigator.mediaDevices.getUserMedia({ video: CAMERA, audio: true }));
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     const pub = new Publication(pc, media);
     try {
-      const video = media.getVideoTracks()[0];
-      if (video) {
-        pc.addTransceiver(video, {
-          direction: "sendonly",
-          streams: [media],
-          sendEncodings: opts.simulcast === false ? [{}] : SIMULCAST_LAYERS.map((l) => ({ ...l })),
-        });
+      if (!addSendTransceivers(pc, media, opts.simulcast)) {
+        throw new IlsSessionError("media", "nothing to publish: no camera or microphone track");
       }
-      const audio = media.getAudioTracks()[0];
-      if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams: [media] });
-      if (!video && !audio) throw new IlsSessionError("media", "nothing to publish: no camera or microphone track");
       pub.negotiations.offers += 1;
       await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc, ICE_WAIT_MS);

@@ -169,6 +169,31 @@ async function tokenFor(room, token, role, base) {
   return devToken(room, role, base);
 }
 
+/** Camera constraints for publishing: 1280x720@30, so that Chromium allows all 3 simulcast layers. */
+export const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+
+/**
+ * Adds send-only transceivers to `pc` for the first video track of `stream` (with the
+ * [`SIMULCAST_LAYERS`] unless `simulcast === false`) and its first audio track.
+ * @param {RTCPeerConnection} pc
+ * @param {MediaStream} stream
+ * @param {boolean} [simulcast]
+ * @returns {boolean} whether there was a track to send
+ */
+export function addSendTransceivers(pc, stream, simulcast) {
+  const video = stream.getVideoTracks()[0];
+  if (video) {
+    pc.addTransceiver(video, {
+      direction: "sendonly",
+      streams: [stream],
+      sendEncodings: simulcast === false ? [{}] : SIMULCAST_LAYERS.map((l) => ({ ...l })),
+    });
+  }
+  const audio = stream.getAudioTracks()[0];
+  if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams: [stream] });
+  return Boolean(video || audio);
+}
+
 /**
  * Publishes camera + microphone to `room` over WHIP (POST /whip/<room>).
  * An empty token asks the server for a dev token (role host).
@@ -185,7 +210,7 @@ export async function publish(room, token, opts = {}) {
   const stream =
     opts.stream ||
     (await navigator.mediaDevices.getUserMedia({
-      video: wantVideo ? { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } } : false,
+      video: wantVideo ? CAMERA : false,
       audio: wantAudio,
     }));
   if (opts.previewEl) {
@@ -197,17 +222,9 @@ export async function publish(room, token, opts = {}) {
   /** @type {Session} */
   const session = { kind: "publish", room, pc, token: bearer, location: null, offer: "", answer: "", stream, stopped: false };
   try {
-    const video = stream.getVideoTracks()[0];
-    if (video) {
-      pc.addTransceiver(video, {
-        direction: "sendonly",
-        streams: [stream],
-        sendEncodings: opts.simulcast === false ? [{}] : SIMULCAST_LAYERS.map((l) => ({ ...l })),
-      });
+    if (!addSendTransceivers(pc, stream, opts.simulcast)) {
+      throw new IlsError("nothing to publish: no camera or microphone track");
     }
-    const audio = stream.getAudioTracks()[0];
-    if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams: [stream] });
-    if (!video && !audio) throw new IlsError("nothing to publish: no camera or microphone track");
     const r = await negotiate(pc, `${base}/whip/${encodeURIComponent(room)}`, bearer, opts.iceWaitMs ?? 1000);
     Object.assign(session, r);
     return session;
