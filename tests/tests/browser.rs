@@ -101,38 +101,53 @@ fn run_harness(args: &[&str], envs: &[(&str, &Path)]) {
     );
 }
 
-#[test]
-fn browser_whip_whep_simulcast_and_control_restart() {
+/// Which server a browser test runs against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// The real `ils-control` (newest of target/{release,debug}).
+    Control,
+    /// The harness's own stand-in (`run.sh --mock`; no ils).
+    Mock,
+}
+
+/// Runs one scenario through `run.sh` (one browser test at a time): WHIP/WHEP, or with
+/// `session_only` the ILS session scenario, against `server`. Skips (loudly) when a prerequisite
+/// is missing; panics unless every check passed.
+fn browser_test(test: &str, server: Server, session_only: bool) {
     let control = workspace_bin("ils-control");
     let mut extra = Vec::new();
-    if !control.exists() {
+    if server == Server::Control && !control.exists() {
         extra.push(format!(
             "{} (cargo build -p ils-control)",
             control.display()
         ));
     }
-    if !prerequisites_or_skip("whip_whep", &extra) {
+    if !prerequisites_or_skip(test, &extra) {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let artifacts = browser_dir().join("artifacts");
-    run_harness(
-        &[],
-        &[
-            ("ILS_CONTROL_BIN", control.as_path()),
-            ("ILS_ARTIFACTS", artifacts.as_path()),
-        ],
-    );
+    let (args, artifacts): (&[&str], _) = match server {
+        Server::Control => (&[], browser_dir().join("artifacts")),
+        Server::Mock => (&["--mock"], browser_dir().join("artifacts-mock")),
+    };
+    let mut envs = vec![("ILS_ARTIFACTS", artifacts.as_path())];
+    if server == Server::Control {
+        envs.push(("ILS_CONTROL_BIN", control.as_path()));
+    }
+    if session_only {
+        envs.push(("ILS_SESSION_ONLY", Path::new("1")));
+    }
+    run_harness(args, &envs);
+}
+
+#[test]
+fn browser_whip_whep_simulcast_and_control_restart() {
+    browser_test("whip_whep", Server::Control, false);
 }
 
 #[test]
 fn browser_harness_self_test_with_mock_server() {
-    if !prerequisites_or_skip("mock self-test", &[]) {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let artifacts = browser_dir().join("artifacts-mock");
-    run_harness(&["--mock"], &[("ILS_ARTIFACTS", artifacts.as_path())]);
+    browser_test("mock self-test", Server::Mock, false);
 }
 
 /// Issue 5, Proof: the ILS session scenario (`tests/browser/ils_session.mjs`) against the real
@@ -143,45 +158,12 @@ fn browser_harness_self_test_with_mock_server() {
 /// tests/browser/artifacts/ils-*.png.
 #[test]
 fn browser_ils_session_stage_chat_polls_reactions() {
-    let control = workspace_bin("ils-control");
-    let mut extra = Vec::new();
-    if !control.exists() {
-        extra.push(format!(
-            "{} (cargo build -p ils-control)",
-            control.display()
-        ));
-    }
-    if !prerequisites_or_skip("ils_session", &extra) {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let artifacts = browser_dir().join("artifacts");
-    let only = Path::new("1");
-    run_harness(
-        &[],
-        &[
-            ("ILS_CONTROL_BIN", control.as_path()),
-            ("ILS_ARTIFACTS", artifacts.as_path()),
-            ("ILS_SESSION_ONLY", only),
-        ],
-    );
+    browser_test("ils_session", Server::Control, true);
 }
 
 /// The ILS pages and client library against the scenario's stand-in server (no ils): a failure
 /// here points at the pages or the harness, a failure only of the test above at ils.
 #[test]
 fn browser_ils_session_harness_self_test_with_mock_server() {
-    if !prerequisites_or_skip("ils_session mock self-test", &[]) {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let artifacts = browser_dir().join("artifacts-mock");
-    let only = Path::new("1");
-    run_harness(
-        &["--mock"],
-        &[
-            ("ILS_ARTIFACTS", artifacts.as_path()),
-            ("ILS_SESSION_ONLY", only),
-        ],
-    );
+    browser_test("ils_session mock self-test", Server::Mock, true);
 }
