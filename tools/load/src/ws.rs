@@ -598,6 +598,23 @@ fn ws_endpoint(cfg: &RunConfig, scenario: &str) -> anyhow::Result<(Secret, Strin
     Ok((Secret::from_str(secret), ws_url))
 }
 
+/// ICE + DTLS with the engine for the SDP `answer` of a `/ws` `publish` or `subscribe` (no WHIP
+/// resource and no token: the socket is the session; we are the controlling agent).
+async fn establish_ws(
+    prep: crate::setup::Prepared,
+    answer: &str,
+    role: crate::setup::Role,
+    ssrc: u32,
+) -> anyhow::Result<crate::setup::Ready> {
+    let neg = crate::setup::Negotiated {
+        answer: crate::sdp::parse_answer(answer)?,
+        location: None,
+        token: None,
+        controlling: true,
+    };
+    Ok(crate::setup::establish(prep, neg, role, ssrc).await?)
+}
+
 /// Runs the audience scenario end to end and writes result.json / summary.md to
 /// `cfg.out_dir`.
 pub fn run_audience(cfg: &RunConfig) -> anyhow::Result<AudienceResult> {
@@ -1149,7 +1166,7 @@ pub async fn conference_join(
     add: &dyn Fn(crate::setup::Ready),
 ) -> anyhow::Result<ConferenceJoin> {
     use crate::sdp;
-    use crate::setup::{self, Negotiated, Role as MediaRole};
+    use crate::setup::{self, Role as MediaRole};
     let k = cfg.hosts;
     anyhow::ensure!(
         k >= 2,
@@ -1193,19 +1210,8 @@ pub async fn conference_join(
                 "pub",
             )
             .await?;
-            let answer = sdp::parse_answer(&ans)?;
-            let ready = setup::establish(
-                prep,
-                Negotiated {
-                    answer,
-                    location: None,
-                    token: None,
-                    controlling: true,
-                },
-                MediaRole::Publisher { video: true },
-                audio_ssrc,
-            )
-            .await?;
+            let ready =
+                establish_ws(prep, &ans, MediaRole::Publisher { video: true }, audio_ssrc).await?;
             add(ready);
             let rid = format!("m{i}");
             request(
@@ -1239,19 +1245,7 @@ pub async fn conference_join(
                 "sub",
             )
             .await?;
-            let answer = sdp::parse_answer(&ans)?;
-            let ready = setup::establish(
-                prep,
-                Negotiated {
-                    answer,
-                    location: None,
-                    token: None,
-                    controlling: true,
-                },
-                MediaRole::Viewer { video: true },
-                0,
-            )
-            .await?;
+            let ready = establish_ws(prep, &ans, MediaRole::Viewer { video: true }, 0).await?;
             out.subscriber_join_times.push(ready.join_time);
             add(ready);
             Ok(())
