@@ -9,7 +9,7 @@
 //     slots and announces the mapping with `slots` events; the client never renegotiates after the
 //     first offer/answer (`Subscription.negotiations` counts every offer/answer ever made on it).
 
-import { CAMERA, addSendTransceivers, devToken } from "./ils.js";
+import { CAMERA, addSendTransceivers, devToken, iceGathered } from "./ils.js";
 
 export { devToken };
 
@@ -122,27 +122,6 @@ export function wsUrl(url) {
   if (u.protocol === "https:") u.protocol = "wss:";
   if (u.pathname === "/" || u.pathname === "") u.pathname = "/ws";
   return u.toString();
-}
-
-/**
- * Resolves once ICE gathering is complete or after `ms`, whichever comes first.
- * @param {RTCPeerConnection} pc
- * @param {number} ms
- */
-function iceGathered(pc, ms) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve(undefined);
-    }
-    function check() {
-      if (pc.iceGatheringState === "complete") done();
-    }
-    pc.addEventListener("icegatheringstatechange", check);
-  });
 }
 
 /**

@@ -116,7 +116,7 @@ export async function devToken(room, role, base) {
  * @param {RTCPeerConnection} pc
  * @param {number} ms
  */
-function iceGathered(pc, ms) {
+export function iceGathered(pc, ms) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(done, ms);
