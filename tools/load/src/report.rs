@@ -211,6 +211,10 @@ pub struct RampRow {
     pub server: String,
     /// Viewers requested.
     pub viewers: f64,
+    /// Viewers that connected (the x of the plots when present: a step whose joins failed is
+    /// drawn where it really was).
+    #[serde(default)]
+    pub connected: Option<f64>,
     /// Packets per second delivered to viewers.
     #[serde(default)]
     pub pps_out: Option<f64>,
@@ -266,14 +270,16 @@ const SERIES: [plotters::style::RGBColor; 4] = [
     plotters::style::RGBColor(148, 103, 189),
 ];
 
-/// Draw one metric against viewers, a line per server, into an SVG at `path`. Rows without
-/// the metric are skipped; nothing to draw still writes an empty, labelled chart.
+/// Draw one metric against viewers, a line per server, into an SVG at `path`; `log_y` draws
+/// the y axis in decades (latency spans µs to seconds). Rows without the metric (or, with
+/// `log_y`, not positive) are skipped; nothing to draw still writes an empty, labelled chart.
 pub fn ramp_svg(
     path: &Path,
     rows: &[RampRow],
     title: &str,
     y_desc: &str,
     metric: fn(&RampRow) -> Option<f64>,
+    log_y: bool,
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let mut servers: Vec<&str> = Vec::new();
@@ -286,14 +292,32 @@ pub fn ramp_svg(
         let mut v: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.server == s)
-            .filter_map(|r| metric(r).filter(|y| y.is_finite()).map(|y| (r.viewers, y)))
+            .filter_map(|r| {
+                let x = r.connected.filter(|c| c.is_finite()).unwrap_or(r.viewers);
+                metric(r)
+                    .filter(|y| y.is_finite() && (!log_y || *y > 0.0))
+                    .map(|y| (x, if log_y { y.log10() } else { y }))
+            })
             .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
     let all: Vec<(f64, f64)> = servers.iter().flat_map(|s| pts(s)).collect();
     let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
-    let ymax = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let ymax = if log_y {
+        all.iter().map(|p| p.1).fold(1.0, f64::max).ceil()
+    } else {
+        all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1
+    };
+    let ymin = if log_y {
+        all.iter()
+            .map(|p| p.1)
+            .fold(ymax, f64::min)
+            .floor()
+            .min(ymax - 1.0)
+    } else {
+        0.0
+    };
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -301,12 +325,19 @@ pub fn ramp_svg(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .build_cartesian_2d(0f64..xmax, ymin..ymax)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("viewers")
+        .x_desc("viewers connected")
         .y_desc(y_desc)
+        .y_label_formatter(&|v| {
+            if log_y {
+                format!("{:.0}", 10f64.powf(*v))
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     for (i, s) in servers.iter().enumerate() {
@@ -337,6 +368,7 @@ type Plot = (
     &'static str,
     &'static str,
     fn(&RampRow) -> Option<f64>,
+    bool,
 );
 
 /// The ramp plots of `bench/run`: pps-vs-viewers.svg, cpu-vs-viewers.svg,
@@ -349,21 +381,27 @@ pub fn ramp_plots(dir: &Path, rows: &[RampRow]) -> anyhow::Result<Vec<std::path:
             "Packets/s delivered to viewers",
             "packets/s",
             |r| r.pps_out,
+            false,
         ),
         (
             "cpu-vs-viewers.svg",
             "Server CPU (one core = 100 %)",
             "CPU %",
             |r| r.engine_cpu_pct,
+            false,
         ),
-        ("p99-vs-viewers.svg", "p99 SFU-added latency", "µs", |r| {
-            r.p99_us
-        }),
+        (
+            "p99-vs-viewers.svg",
+            "p99 SFU-added latency (log scale)",
+            "µs",
+            |r| r.p99_us,
+            true,
+        ),
     ];
     let mut out = Vec::new();
-    for (name, title, y, f) in plots {
+    for (name, title, y, f, log_y) in plots {
         let p = dir.join(name);
-        ramp_svg(&p, rows, title, y, f)?;
+        ramp_svg(&p, rows, title, y, f, log_y)?;
         out.push(p);
     }
     Ok(out)
