@@ -170,6 +170,7 @@ async fn serve_async(settings: Settings) -> anyhow::Result<()> {
         stats: Default::default(),
         counters: Default::default(),
         ils: Default::default(),
+        persist_wake: Default::default(),
     });
     app.apply(cleanup);
     {
@@ -180,8 +181,9 @@ async fn serve_async(settings: Settings) -> anyhow::Result<()> {
                 let _ = link.send(*shard, &Command::RemoveTransport { transport: *t });
             }
         }
-        app.persist(&rooms);
+        app.persist_now(&rooms);
     }
+    tokio::spawn(ils_control::http::persist_loop(app.clone()));
     if !live.is_empty() {
         tracing::info!(
             sessions = kept,

@@ -1345,7 +1345,7 @@ pub async fn apply_plan(app: &Arc<App>, room: &Arc<IlsRoom>, only: Option<&[Pid]
     app.apply(cmds);
     // `set_public` may have changed WHEP viewers' legs, which are persisted.
     if only.is_none() {
-        app.persist(&rooms);
+        app.persist_soon();
     }
 }
 
