@@ -981,6 +981,36 @@ fn media_error(status: u16) -> ErrorCode {
     }
 }
 
+/// The common start of `publish` and `subscribe`: the participant's identity, then the
+/// WHIP/WHEP offer path ([`create_media_session`], marked ILS). A refusal is answered with a typed
+/// `error` (and counted) here; `None` then, or when the participant left meanwhile.
+async fn negotiate(
+    app: &Arc<App>,
+    room: &Arc<IlsRoom>,
+    pid: Pid,
+    sdp: &str,
+    rid: &Option<String>,
+    kind: SessionKind,
+) -> Option<crate::http::CreatedMedia> {
+    let c = &app.ils.counters;
+    let identity = room
+        .core
+        .lock()
+        .await
+        .media
+        .get(&pid)
+        .map(|m| m.identity.clone())?;
+    match create_media_session(app, &room.name, kind, Some(identity), sdp, true).await {
+        Ok(x) => Some(x),
+        Err(e) => {
+            let code = media_error(e.status);
+            c.count_refused(code);
+            room.send_msg(c, pid, ServerMsg::error(code, e.reason, rid.clone()));
+            None
+        }
+    }
+}
+
 /// `publish` effect: negotiate, record, answer. Returns whether the media plan changed.
 async fn publish(
     app: &Arc<App>,
@@ -990,33 +1020,8 @@ async fn publish(
     rid: Option<String>,
 ) -> bool {
     let c = &app.ils.counters;
-    let Some(identity) = room
-        .core
-        .lock()
-        .await
-        .media
-        .get(&pid)
-        .map(|m| m.identity.clone())
-    else {
+    let Some(created) = negotiate(app, room, pid, sdp, &rid, SessionKind::Publisher).await else {
         return false;
-    };
-    let created = create_media_session(
-        app,
-        &room.name,
-        SessionKind::Publisher,
-        Some(identity),
-        sdp,
-        true,
-    )
-    .await;
-    let created = match created {
-        Ok(x) => x,
-        Err(e) => {
-            let code = media_error(e.status);
-            c.count_refused(code);
-            room.send_msg(c, pid, ServerMsg::error(code, e.reason, rid));
-            return false;
-        }
     };
     let id = created.alloc.id.clone();
     let mut core = room.core.lock().await;
@@ -1058,33 +1063,8 @@ async fn subscribe(
     rid: Option<String>,
 ) -> bool {
     let c = &app.ils.counters;
-    let Some(identity) = room
-        .core
-        .lock()
-        .await
-        .media
-        .get(&pid)
-        .map(|m| m.identity.clone())
-    else {
+    let Some(created) = negotiate(app, room, pid, sdp, &rid, SessionKind::Viewer).await else {
         return false;
-    };
-    let created = create_media_session(
-        app,
-        &room.name,
-        SessionKind::Viewer,
-        Some(identity),
-        sdp,
-        true,
-    )
-    .await;
-    let created = match created {
-        Ok(x) => x,
-        Err(e) => {
-            let code = media_error(e.status);
-            c.count_refused(code);
-            room.send_msg(c, pid, ServerMsg::error(code, e.reason, rid));
-            return false;
-        }
     };
     let (mut nv, mut na) = (0u32, 0u32);
     let slots: Vec<SlotDesc> = created
