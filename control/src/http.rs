@@ -539,7 +539,7 @@ async fn offer(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let created = match create_media_session_capped(
+    let created = match create_media_session(
         &app,
         &room,
         kind,
@@ -596,20 +596,10 @@ pub struct CreatedMedia {
 /// record the session (marked ILS when `ils`: slots pinned explicitly, publisher private until
 /// on stage), persist, send the engine commands and start the DTLS handshake. Authorization is
 /// the caller's job and must come first.
+///
+/// `max_layer` caps a WHEP viewer's video at that simulcast layer (`?layer=`; 2 = no cap; ILS
+/// slots choose their layer per slot instead).
 pub async fn create_media_session(
-    app: &Arc<App>,
-    room: &str,
-    kind: SessionKind,
-    identity: Option<String>,
-    offer: &str,
-    ils: bool,
-) -> Result<CreatedMedia, MediaRefusal> {
-    create_media_session_capped(app, room, kind, identity, offer, ils, 2).await
-}
-
-/// [`create_media_session`] for a WHEP viewer whose video must not go above simulcast layer
-/// `max_layer` (`?layer=`; 2 = no cap).
-pub async fn create_media_session_capped(
     app: &Arc<App>,
     room: &str,
     kind: SessionKind,

@@ -1000,7 +1000,7 @@ async fn negotiate(
         .media
         .get(&pid)
         .map(|m| m.identity.clone())?;
-    match create_media_session(app, &room.name, kind, Some(identity), sdp, true).await {
+    match create_media_session(app, &room.name, kind, Some(identity), sdp, true, 2).await {
         Ok(x) => Some(x),
         Err(e) => {
             let code = media_error(e.status);
