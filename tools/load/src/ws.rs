@@ -36,7 +36,9 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// and poll results to be flushed before comparing sent with counted. Default 1.5 s (three
 /// 500 ms reaction windows).
 pub const SETTLE: Duration = Duration::from_millis(1500);
-/// Viewers vote on the poll after a uniform random delay in `0..VOTE_SPREAD`. Default 5 s.
+/// Viewers vote on the poll after a uniform random delay in `0..min(VOTE_SPREAD, window / 2)`
+/// (the poll opens when the window starts; the half-window cap keeps every vote inside it, so
+/// votes sent == viewers). Default 5 s.
 pub const VOTE_SPREAD: Duration = Duration::from_secs(5);
 /// The producer features every `FEATURE_EVERY`-th viewer chat message to hosts. Default 20
 /// (≤ 1/s at the session's 20/s audience chat cap, well inside the producer's 20/s budget).
@@ -351,6 +353,8 @@ async fn join_id(url: &str, token: &str, name: &str) -> anyhow::Result<(Ws, u64)
 struct Behaviour {
     reaction_every: Duration,
     chat_every: Duration,
+    /// Votes are spread uniformly over `0..vote_spread` after the poll arrives.
+    vote_spread: Duration,
 }
 
 /// One client's life after `welcome`: send its activity, count what arrives.
@@ -516,7 +520,7 @@ async fn client(
                         } else if who == Who::Viewer && !voted && !p.closed && sending {
                             voted = true;
                             vote_for = Some(p.id);
-                            let spread = rand::thread_rng().gen_range(0..VOTE_SPREAD.as_millis() as u64);
+                            let spread = rand::thread_rng().gen_range(0..=b.vote_spread.as_millis() as u64);
                             next_vote = tokio::time::Instant::now() + Duration::from_millis(spread);
                         }
                     }
@@ -643,6 +647,7 @@ pub fn run_audience(cfg: &RunConfig) -> anyhow::Result<AudienceResult> {
     let b = Arc::new(Behaviour {
         reaction_every: Duration::from_secs_f64(cfg.reaction_every_s),
         chat_every: Duration::from_secs_f64(cfg.chat_every_s),
+        vote_spread: VOTE_SPREAD.min(cfg.duration / 2),
     });
     let mut result = AudienceResult {
         scenario: "audience".into(),
