@@ -43,7 +43,16 @@ export ILS_CONTROL_BIN="${ILS_CONTROL_BIN:-}"
 
 ART="${ILS_ARTIFACTS:-$HERE/artifacts}"
 mkdir -p "$ART"
-rm -f "$ART"/*.png "$ART"/*.sdp "$ART"/*.json "$ART"/*.log "$ART"/summary.txt
+# Each scenario clears only its own files: the WHIP/WHEP test's (everything but ils-*) before
+# it runs, the ILS session's (ils-*) before that one runs, so running one after the other
+# (cargo test runs both into this folder) keeps both sets.
+clear_whip_whep_artifacts() {
+  local f
+  for f in "$ART"/*.png "$ART"/*.sdp "$ART"/*.json "$ART"/*.log "$ART"/*.txt; do
+    [[ -e "$f" && "$(basename "$f")" != ils-* ]] && rm -f "$f"
+  done
+  return 0
+}
 export ILS_ARTIFACTS="$ART"
 DATA="$(mktemp -d /tmp/ils-browser-data.XXXXXX)"
 trap 'rm -rf "$DATA"' EXIT
@@ -96,12 +105,14 @@ if [[ "${ILS_SESSION_ONLY:-0}" == 1 ]]; then
 fi
 
 echo "run.sh: mode $MODE, ${ILS_CONTROL_BIN:+control $ILS_CONTROL_BIN, }http $ILS_HTTP, artifacts $ART"
+clear_whip_whep_artifacts
 export ILS_TEST_TIMEOUT_S="${ILS_TEST_TIMEOUT_S:-240}"
 rc=0
 run_node "$ART/run.log" "the test" "browser" "${NODE_ARGS[@]}" || rc=$?
 [[ "$NODE_SUMMARY" == 1 ]] || exit 1
 if [[ "${ILS_SESSION_TEST:-0}" == 1 ]]; then
   srun=0
+  rm -f "$ART"/ils-*
   run_session || srun=$?
   if [[ "$srun" != 0 && "$rc" == 0 ]]; then rc=$srun; fi
 fi
