@@ -748,7 +748,7 @@ fn spawn_handshake(
             d.remove(&transport);
         }
         if let Some(room) = ils_room {
-            crate::ws::media_gone(&app, &room, &id).await;
+            crate::ws::media_gone(&app, &room, &id, ils_session::MediaLoss::DtlsFailed).await;
         }
     });
 }
@@ -1073,7 +1073,8 @@ pub async fn run_events(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<LinkEvent
                 app.persist_soon();
                 drop(rooms);
                 for (room, id) in ils {
-                    crate::ws::media_gone(&app, &room, &id).await;
+                    crate::ws::media_gone(&app, &room, &id, ils_session::MediaLoss::NeverConnected)
+                        .await;
                 }
             }
         }
@@ -1097,7 +1098,8 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
             app.persist_soon();
             drop(rooms);
             for s in gone.iter().filter(|s| s.ils) {
-                crate::ws::media_gone(app, &s.room, &s.id).await;
+                crate::ws::media_gone(app, &s.room, &s.id, ils_session::MediaLoss::EngineRestart)
+                    .await;
             }
         }
         LinkEvent::Event(owned) => {
@@ -1128,7 +1130,8 @@ async fn handle_event(app: &Arc<App>, ev: LinkEvent) {
                     }
                     drop(rooms);
                     if let Some((room, id)) = ils {
-                        crate::ws::media_gone(app, &room, &id).await;
+                        crate::ws::media_gone(app, &room, &id, ils_session::MediaLoss::ConsentLost)
+                            .await;
                     }
                 }
                 Event::AudioLevels(l) => {

@@ -34,8 +34,9 @@ use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ils_session::{
-    ClientMsg, Effect, ErrorCode, Grants, MediaKind, Out, Outcome, Pid, Place, Role, ServerMsg,
-    Session, SessionConfig, SlotDesc, SlotMapping, SlotSize, To,
+    ClientMsg, Effect, ErrorCode, Grants, MediaKind, MediaLoss, Out, Outcome, PcKind, Pid, Place,
+    Role, ServerMsg, Session, SessionConfig, SlotDesc, SlotMapping, SlotSize, To, RENEGOTIATE_MAX,
+    RENEGOTIATE_WINDOW_MS,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
@@ -118,6 +119,8 @@ pub struct WsCounters {
     pub slot_cmds: AtomicU64,
     /// Speaking-order changes (engine audio levels) that re-planned a session's slots.
     pub audio_reranks: AtomicU64,
+    /// `renegotiate` requests sent (a participant's connection was lost on the server).
+    pub renegotiations: AtomicU64,
 }
 
 impl Default for WsCounters {
@@ -133,6 +136,7 @@ impl Default for WsCounters {
             closed_idle: AtomicU64::new(0),
             slot_cmds: AtomicU64::new(0),
             audio_reranks: AtomicU64::new(0),
+            renegotiations: AtomicU64::new(0),
         }
     }
 }
@@ -195,13 +199,14 @@ impl WsCounters {
                 self.refused[c.index()].load(Ordering::Relaxed)
             );
         }
-        let pairs: [(&str, &AtomicU64); 6] = [
+        let pairs: [(&str, &AtomicU64); 7] = [
             ("ils_ws_frames_serialized_total", &self.serialized),
             ("ils_ws_lagged_total", &self.lagged),
             ("ils_ws_closed_slow_total", &self.closed_slow),
             ("ils_ws_closed_idle_total", &self.closed_idle),
             ("ils_ws_slot_commands_total", &self.slot_cmds),
             ("ils_ws_audio_reranks_total", &self.audio_reranks),
+            ("ils_ws_renegotiations_total", &self.renegotiations),
         ];
         for (n, v) in pairs {
             let _ = writeln!(out, "# TYPE {n} counter");
@@ -483,6 +488,24 @@ struct PMedia {
     identity: String,
     publisher: Option<String>,
     subscriber: Option<Sub>,
+    /// `renegotiate` requests sent, per [`PcKind`]: (window start ms, count in the window).
+    renegotiations: [(u64, u32); 2],
+}
+
+impl PMedia {
+    /// Counts one `renegotiate` for `kind`; false past [`RENEGOTIATE_MAX`] per
+    /// [`RENEGOTIATE_WINDOW_MS`].
+    fn renegotiate_allowed(&mut self, now_ms: u64, kind: PcKind) -> bool {
+        let w = &mut self.renegotiations[kind as usize];
+        if now_ms.saturating_sub(w.0) >= RENEGOTIATE_WINDOW_MS || w.1 == 0 {
+            *w = (now_ms, 0);
+        }
+        if w.1 >= RENEGOTIATE_MAX {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
 }
 
 /// A receiving PeerConnection and its fixed slots.
@@ -913,43 +936,62 @@ async fn run_effects(app: &Arc<App>, room: &Arc<IlsRoom>, effects: Vec<Effect>) 
 /// Room session `id` of ILS session `room` was removed outside `/ws` (DTLS failed, ICE consent
 /// lost, never connected, engine restart): forget it, tell its participant to publish / subscribe
 /// again (`error{internal}`), and re-plan. Call without holding `App::rooms`.
-pub async fn media_gone(app: &Arc<App>, room: &str, id: &str) {
+pub async fn media_gone(app: &Arc<App>, room: &str, id: &str, cause: MediaLoss) {
     let Some(r) = app.ils.get(room) else { return };
     let c = &app.ils.counters;
+    let now = r.now_ms();
     let mut core = r.core.lock().await;
     let mut found = None;
     for (pid, m) in core.media.iter_mut() {
-        if m.publisher.as_deref() == Some(id) {
+        let kind = if m.publisher.as_deref() == Some(id) {
             m.publisher = None;
-            found = Some((*pid, true));
-            break;
-        }
-        if m.subscriber.as_ref().is_some_and(|s| s.id == id) {
+            PcKind::Publish
+        } else if m.subscriber.as_ref().is_some_and(|s| s.id == id) {
             m.subscriber = None;
-            found = Some((*pid, false));
-            break;
-        }
+            PcKind::Subscribe
+        } else {
+            continue;
+        };
+        found = Some((*pid, kind, m.renegotiate_allowed(now, kind)));
+        break;
     }
-    let Some((pid, publisher)) = found else {
+    let Some((pid, kind, allowed)) = found else {
         return;
     };
-    let o = if publisher {
-        core.session.set_publishing(r.now_ms(), pid, false)
+    let o = if kind == PcKind::Publish {
+        core.session.set_publishing(now, pid, false)
     } else {
         Outcome::default()
     };
     drop(core);
-    let what = if publisher {
-        "publishing connection was lost (DTLS, ICE consent or a media engine restart): publish again"
-    } else {
-        "receiving connection was lost (DTLS, ICE consent or a media engine restart): subscribe again"
+    let again = match kind {
+        PcKind::Publish => "publish again",
+        PcKind::Subscribe => "subscribe again with the same slots",
     };
-    c.count_refused(ErrorCode::Internal);
-    r.send_msg(
-        c,
-        pid,
-        ServerMsg::error(ErrorCode::Internal, format!("your {what}"), None),
-    );
+    let msg = if allowed {
+        c.renegotiations.fetch_add(1, Ordering::Relaxed);
+        ServerMsg::Renegotiate {
+            pc: kind,
+            cause,
+            reason: format!(
+                "{}: make a new connection and {again}; your place and slots are kept",
+                cause.describe()
+            ),
+        }
+    } else {
+        c.count_refused(ErrorCode::Internal);
+        ServerMsg::error(
+            ErrorCode::Internal,
+            format!(
+                "{} and {RENEGOTIATE_MAX} renegotiations in {} s did not hold: check the network \
+                 (UDP to the server) and {again}",
+                cause.describe(),
+                RENEGOTIATE_WINDOW_MS / 1000
+            ),
+            None,
+        )
+    };
+    r.send_msg(c, pid, msg);
     run_outcome(app, &r, o).await;
 }
 

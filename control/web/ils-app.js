@@ -69,6 +69,11 @@ export async function runPage(page, role, setup, slots) {
   try {
     const joined = await join(role);
     page.client = joined.client;
+    // A server-initiated renegotiation replaces the connections: keep the page's handles current.
+    joined.client.on("renegotiated", (/** @type {any} */ r) => {
+      if (r.subscription) page.sub = r.subscription;
+      if (r.publication) page.pub = r.publication;
+    });
     $("room").textContent = joined.room;
     await setup(joined);
     page.sub = await joined.client.subscribe(slots);

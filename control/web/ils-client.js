@@ -172,6 +172,8 @@ export class Publication {
   constructor(pc, stream) {
     this.pc = pc;
     this.stream = stream;
+    /** The options it was published with (a server-initiated renegotiation publishes again with them). @type {{simulcast?:boolean}} */
+    this.opts = {};
     /** Offers created / answers applied on this connection (1/1 after publish). */
     this.negotiations = { offers: 0, answers: 0 };
     this.offer = "";
@@ -221,6 +223,8 @@ export class Subscription {
     this.offer = "";
     this.answer = "";
     this.closed = false;
+    /** The codecs it was offered with (a server-initiated renegotiation subscribes again with them). @type {string[]} */
+    this.codecs = SUBSCRIBE_CODECS;
     pc.addEventListener("negotiationneeded", () => { this.negotiationNeeded += 1; });
   }
 
@@ -303,7 +307,9 @@ export class Subscription {
  * `slots` ({subscription, changed:Set}), `chat` (msg), `chat_hidden` (msg_id), `reactions` ({window_ms, counts}),
  * `poll` (poll), `hand` ({participant, raised}), `invited` ({by}), `moved` ({participant, to}),
  * `muted` ({audio, video}), `removed` ({reason}), `ended` ({reason}), `layout` (layout), `app` ({from, data}),
- * `audience_page`, `error` (IlsSessionError; also every unsolicited server error), `close` ({code, reason}),
+ * `audience_page`, `renegotiate` ({pc, cause, reason}: the server lost a connection; the client makes
+ * it again unless `autoRenegotiate` is false), `renegotiated` ({pc, cause, publication|subscription}),
+ * `error` (IlsSessionError; also every unsolicited server error), `close` ({code, reason}),
  * `message` (every server message, raw), `state` (after any change of the lists below).
  */
 export class IlsClient {
@@ -360,6 +366,10 @@ export class IlsClient {
     this.subscription = null;
     /** Server messages received, by type (for tests and diagnostics). @type {Record<string, number>} */
     this.received = {};
+    /** Answer the server's `renegotiate` by making that connection again (default true). */
+    this.autoRenegotiate = true;
+    /** `renegotiate` requests received. */
+    this.renegotiations = 0;
     this.closed = false;
     ws.addEventListener("message", (ev) => this.onMessage(ev.data));
     ws.addEventListener("close", (ev) => this.onClose(ev.code, ev.reason));
@@ -598,6 +608,14 @@ export class IlsClient {
       case "app":
         this.emit("app", { from: m.from, data: m.data }, m);
         break;
+      case "renegotiate":
+        this.renegotiations += 1;
+        this.emit("renegotiate", { pc: m.pc, cause: m.cause, reason: m.reason }, m);
+        if (this.autoRenegotiate) {
+          this.renegotiate(m.pc, m.cause).catch((e) => this.emit("error", e instanceof IlsSessionError ? e
+            : new IlsSessionError("media", `renegotiation (${m.pc}, ${m.cause}) failed: ${e && e.message ? e.message : e}`), m));
+        }
+        break;
       case "audience_page":
         this.emit("audience_page", { items: m.items || [], next_cursor: m.next_cursor }, m);
         break;
@@ -674,6 +692,7 @@ export class IlsClient {
     const media = stream || (await navigator.mediaDevices.getUserMedia({ video: CAMERA, audio: true }));
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     const pub = new Publication(pc, media);
+    pub.opts = { ...opts };
     try {
       if (!addSendTransceivers(pc, media, opts.simulcast)) {
         throw new IlsSessionError("media", "nothing to publish: no camera or microphone track");
@@ -713,6 +732,7 @@ export class IlsClient {
     if (this.subscription) throw new IlsSessionError("conflict", "already subscribed: slots are fixed for the connection's life");
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     const sub = new Subscription(pc);
+    sub.codecs = codecs;
     try {
       /** @type {RTCRtpTransceiver[]} */
       const trs = [];
@@ -750,6 +770,38 @@ export class IlsClient {
     }
     this.emit("slots", { subscription: sub, mapping: [], changed: new Set(sub.streams.keys()) }, null);
     return sub;
+  }
+
+  /**
+   * Server-initiated renegotiation (`renegotiate`): the server lost the `pc` connection, so this
+   * makes it again with what it had — `publish` with the same tracks and options, or `subscribe`
+   * with the same slot counts, codecs and slot sizes — and emits `renegotiated`
+   * ({pc, cause, publication|subscription}). Nothing to do when that connection is not open here.
+   * @param {"publish"|"subscribe"} pc
+   * @param {string} [cause]
+   */
+  async renegotiate(pc, cause = "") {
+    if (pc === "publish") {
+      const old = this.publication;
+      if (!old || old.closed) return;
+      old.close(false); // keep the camera and mic: the new connection sends the same tracks
+      this.publication = null;
+      const publication = await this.publish(old.stream, old.opts);
+      this.emit("renegotiated", { pc, cause, publication }, null);
+    } else if (pc === "subscribe") {
+      const old = this.subscription;
+      if (!old || old.closed) return;
+      const slots = [...old.slots.values()];
+      const videoSlots = slots.filter((s) => s.kind === "video").length;
+      const audioSlots = slots.length - videoSlots;
+      old.close();
+      this.subscription = null;
+      const subscription = await this.subscribe({ videoSlots, audioSlots, codecs: old.codecs });
+      for (const s of slots) {
+        if (s.kind === "video" && s.size) await this.setSlotSize(s.slot, s.size);
+      }
+      this.emit("renegotiated", { pc, cause, subscription }, null);
+    }
   }
 
   /**

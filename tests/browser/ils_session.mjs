@@ -15,6 +15,9 @@
 //      a hidden message disappears); a poll with votes and live results (second vote refused);
 //      a reaction burst arrives aggregated (fewer `reactions` messages than reactions, same sum);
 //      a pushed layout; the viewer grid is side by side in landscape, stacked in portrait;
+//      5e. the media engine is SIGKILLed (RELIABILITY F2): control restarts it and sends
+//      `renegotiate`; every page's ils-client.js makes its connections again by itself, the host
+//      keeps its stage place and all 3 viewers decode it again within 15 s;
 //   6. screenshots of every page into $ILS_ARTIFACTS (ils-*.png).
 //
 // Run through run.sh (ILS_SESSION_TEST=1 or ILS_SESSION_ONLY=1): it makes the loopback-only network
@@ -42,7 +45,7 @@
 import { createHash } from "node:crypto";
 import { createServer, request as httpRequest } from "node:http";
 import { connect as netConnect } from "node:net";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ControlProcess, check, hostPort, intEnv, launchChromium, log, runTest, sleep, t0 } from "./harness.mjs";
@@ -64,6 +67,9 @@ const STAGE_DECODE_MS = 1_000;
 const FIRST_MEDIA_TIMEOUT_MS = 30_000;
 /** After a move off stage: frames still allowed on the slot between +1 s and +3 s (in-flight). */
 const OFF_STAGE_MAX_FRAMES = 2;
+/** How long every viewer may take to decode the host again after the media engine is killed
+ * (supervisor restart ≤ ~0.5 s, new connections incl. ICE gathering ≤ 1 s, DTLS, keyframe). */
+const ENGINE_RESTART_RECOVERY_MS = 15_000;
 /** Reactions each viewer sends in the burst (per emoji, two emoji). */
 const REACTIONS_PER_VIEWER = 15; // 30 per viewer: over the per-participant burst (20), some are refused
 /** Pages of the app served from control/web (the fallback front server serves these from disk). */
@@ -544,6 +550,21 @@ const framesOf = (page, pid) => page.evaluate(async (pid) => {
   return { frames: mine.reduce((a, s) => a + s.framesDecoded, 0), slots: mine.map((s) => s.slot), w: Math.max(0, ...mine.map((s) => s.frameWidth)) };
 }, pid);
 
+/** The media engine's pid: the child of ils-control `controlPid` run as `… engine …` (or `ils-engine`). */
+function engineChildOf(controlPid) {
+  if (!controlPid) return 0;
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const args = readFileSync(`/proc/${d}/cmdline`, "utf8").split("\0");
+      if (ppid === controlPid && (args[0].endsWith("ils-engine") || args[1] === "engine")) return Number(d);
+    } catch (_) { /* gone meanwhile */ }
+  }
+  return 0;
+}
+
 /** framesDecoded of given video slot numbers. */
 const slotFrames = (page, slots) => page.evaluate(async (slots) => {
   const st = await window.ilsPage.sub.slotStats();
@@ -623,7 +644,7 @@ async function main() {
     }
     check("ils-control serves the app pages (GET /viewer.html, /ils-client.js)", served === 200,
       served === 200 ? "" : `status ${served}: a route per app file is missing in control/src/http.rs (the test continues through its front server)`);
-    await run(browser);
+    await run(browser, control);
   } catch (e) {
     check("scenario ran to completion", false, e && e.stack ? e.stack.split("\n").slice(0, 3).join(" | ") : String(e));
   } finally {
@@ -633,7 +654,7 @@ async function main() {
   }
 }
 
-async function run(browser) {
+async function run(browser, control) {
   // ---- 1. pages join; the host publishes into the green room --------------------------------
   const producer = await openApp(browser, "producer", "producer.html");
   need("producer console joins (/ws welcome, subscriber connection up)", producer.status === 200 && producer.ready,
@@ -838,6 +859,29 @@ async function run(browser) {
   writeFileSync(join(ARTIFACTS, "ils-final.json"), JSON.stringify({ negotiations: finalNeg }, null, 2));
   check("every viewer made exactly one offer/answer on its subscriber connection over the whole session",
     finalNeg.every((n) => n.offers === 1 && n.answers === 1), finalNeg.map((n) => `${n.offers}/${n.answers}`).join(" "));
+
+  // ---- 5e. the media engine crashes: server-initiated renegotiation ---------------------------
+  // SIGKILL the engine (control restarts it; every connection it carried is gone). Control sends
+  // `renegotiate` to each connection's owner and ils-client.js makes it again by itself: the host
+  // keeps its stage place and every viewer decodes it again through a new subscriber connection.
+  if (!MOCK) {
+    const enginePid = engineChildOf(control.child && control.child.pid);
+    need("found the media engine process (a child of ils-control)", !!enginePid);
+    const tKill = Date.now();
+    log(`SIGKILL media engine pid ${enginePid}`);
+    process.kill(enginePid, "SIGKILL");
+    const back = await until(async () => {
+      const r = await Promise.all(viewers.map((v) => v.page.evaluate(() => window.ilsPage.client.renegotiations)));
+      const f = await Promise.all(viewers.map((v) => framesOf(v.page, hostId)));
+      return r.every((n) => n >= 1) && f.every((x) => x.frames >= 20) ? { r, f } : null;
+    }, ENGINE_RESTART_RECOVERY_MS, 250);
+    const hostRen = await host.page.evaluate(() => ({ n: window.ilsPage.client.renegotiations, pc: window.ilsPage.pub && window.ilsPage.pub.pc.connectionState }));
+    const fNow = await Promise.all(viewers.map((v) => framesOf(v.page, hostId)));
+    check(`after a media engine crash every viewer renegotiates by itself and decodes the host again within ${ENGINE_RESTART_RECOVERY_MS / 1000} s`,
+      !!back, `${Date.now() - tKill} ms; ` + viewers.map((v, i) => `viewer${i + 1}: ${fNow[i].frames} frames`).join("; ") + `; host renegotiations ${hostRen.n}, publisher ${hostRen.pc}`);
+    const stillLive = await producer.page.evaluate((id) => { const p = window.ilsPage.client.participants.get(id); return p ? p.place : null; }, hostId);
+    check("the host kept its stage place through the restart and publishes again", stillLive === "stage" && hostRen.n >= 1 && hostRen.pc === "connected", `place ${stillLive}, host ${JSON.stringify(hostRen)}`);
+  }
 
   // ---- 6. the producer ends the session ---------------------------------------------------------
   producer.page.once("dialog", (d) => d.accept());

@@ -499,7 +499,7 @@ async fn invited_viewer_publishes_into_the_green_room_and_is_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_dtls_handshake_is_reported_on_the_socket() {
+async fn a_failed_dtls_handshake_asks_for_renegotiation_then_gives_up() {
     let data = std::env::temp_dir().join(format!("ils-control-ws-dtls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let (_control, addr) = start_control(&data, SECRET);
@@ -520,27 +520,172 @@ async fn a_failed_dtls_handshake_is_reported_on_the_socket() {
         })
         .collect();
     let offer = subscriber_offer(&p, "badfufrag", "badfpassword0123456789ab").replace(&real, &fake);
+    // (every new TestPeer below gets a fresh certificate: the offer's fingerprint never matches)
     v.send(
         json!({"type": "subscribe", "sdp": offer, "video_slots": 1, "audio_slots": 1, "rid": "s"}),
     )
     .await;
-    let a = v.expect("answer", |x| x["rid"] == "s").await;
-    let sdp = a["sdp"].as_str().expect("sdp").to_string();
-    let _ = p
-        .connect(
-            candidate(&sdp),
-            &attr(&sdp, "ice-ufrag"),
-            &attr(&sdp, "ice-pwd"),
-        )
-        .await;
-    let e = v
-        .expect("error", |x| {
-            x["code"] == "internal"
-                && x["reason"]
+    // The server asks for a new connection (server-initiated renegotiation) RENEGOTIATE_MAX
+    // times; when the new connections keep failing it gives up with a typed error.
+    for round in 0..=ils_session::RENEGOTIATE_MAX {
+        let rid = format!("s{round}");
+        if round > 0 {
+            v.send(json!({"type": "subscribe", "sdp": offer, "video_slots": 1, "audio_slots": 1, "rid": rid}))
+                .await;
+        }
+        let a = v
+            .expect("answer", |x| {
+                x["rid"] == rid || (round == 0 && x["rid"] == "s")
+            })
+            .await;
+        let sdp = a["sdp"].as_str().expect("sdp").to_string();
+        let _ = p
+            .connect(
+                candidate(&sdp),
+                &attr(&sdp, "ice-ufrag"),
+                &attr(&sdp, "ice-pwd"),
+            )
+            .await;
+        if round < ils_session::RENEGOTIATE_MAX {
+            let r = v.expect("renegotiate", |_| true).await;
+            assert_eq!(r["pc"], "subscribe", "{r}");
+            assert_eq!(r["cause"], "dtls_failed", "{r}");
+            assert!(
+                r["reason"]
                     .as_str()
-                    .is_some_and(|r| r.contains("subscribe again"))
+                    .is_some_and(|x| x.contains("subscribe again")),
+                "{r}"
+            );
+        } else {
+            let e = v
+                .expect("error", |x| {
+                    x["code"] == "internal"
+                        && x["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("subscribe again"))
+                })
+                .await;
+            assert!(e.get("rid").is_none(), "{e}");
+        }
+        p = TestPeer::new("badfufrag", "badfpassword0123456789ab").expect("peer");
+    }
+    assert_eq!(
+        ils_tests::http::metric(addr, "ils_ws_renegotiations_total"),
+        u64::from(ils_session::RENEGOTIATE_MAX)
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The media engine child of the `ils-control` process `control` (`ils-control engine …`, or an
+/// `ils-engine` binary), found in /proc.
+fn engine_pid_of(control: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let (_, tail) = stat.rsplit_once(')')?;
+        let ppid: u32 = tail.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0);
+        let bin = args.next()?;
+        let engine = bin.ends_with(b"ils-engine") || args.next() == Some(b"engine".as_slice());
+        (ppid == control && engine).then_some(pid)
+    })
+}
+
+/// Server-initiated renegotiation: the media engine is SIGKILLed under a live session. Control
+/// restarts it and asks the host (`pc: publish`) and the viewer (`pc: subscribe`) to make their
+/// connections again (`renegotiate`, cause `engine_restart`); the host keeps its stage place, the
+/// viewer its slot, and media flows again through the new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_restart_renegotiates_and_media_resumes_on_stage() {
+    let data = std::env::temp_dir().join(format!("ils-control-ws-reneg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (control, addr) = start_control(&data, SECRET);
+    let room = "resilient";
+    let (mut prod, _) = join(addr, &token(room, Role::Producer, "prod", None)).await;
+    let (mut host, w) = join(addr, &token(room, Role::Host, "host", None)).await;
+    let host_id = w["you"]["id"].as_u64().expect("id");
+    let (mut viewer, _, vp) = subscribed(
+        addr,
+        &token(room, Role::Viewer, "viewer", None),
+        "viewufrag",
+    )
+    .await;
+
+    let (hu, hpw) = ("hostufrag", "hostpassword0123456789ab");
+    let publish = |peer: &TestPeer, rid: &str| json!({"type": "publish", "sdp": publisher_offer(peer, hu, hpw), "rid": rid});
+    let mut hp = TestPeer::new(hu, hpw).expect("peer");
+    host.send(publish(&hp, "p1")).await;
+    let a = host.expect("answer", |v| v["rid"] == "p1").await;
+    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
+    let hp = Arc::new(hp);
+    let run = Arc::new(AtomicBool::new(true));
+    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
+    prod.send(json!({"type": "move", "participant": host_id, "to": "stage", "rid": "m"}))
+        .await;
+    prod.expect("ack", |v| v["rid"] == "m").await;
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+    assert!(
+        rtp_within(&vp, Duration::from_secs(2)).await > 20,
+        "media before the restart"
+    );
+
+    // ---- the engine dies ----
+    let cpid = control.0.id().expect("control pid");
+    let old = engine_pid_of(cpid).expect("ils-engine child of ils-control");
+    // SAFETY: kill(2) on a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    let r = host.expect("renegotiate", |_| true).await;
+    assert_eq!(
+        (r["pc"].as_str(), r["cause"].as_str()),
+        (Some("publish"), Some("engine_restart")),
+        "{r}"
+    );
+    let r = viewer.expect("renegotiate", |_| true).await;
+    assert_eq!(
+        (r["pc"].as_str(), r["cause"].as_str()),
+        (Some("subscribe"), Some("engine_restart")),
+        "{r}"
+    );
+    run.store(false, Ordering::Relaxed);
+    let _ = sender.await;
+    let new = engine_pid_of(cpid).expect("a new engine");
+    assert_ne!(new, old);
+    assert!(ils_tests::http::metric(addr, "ils_ws_renegotiations_total") >= 2);
+
+    // ---- the clients make their connections again; places and slots were kept ----
+    let mut hp = TestPeer::new(hu, hpw).expect("peer");
+    host.send(publish(&hp, "p2")).await;
+    let a = host.expect("answer", |v| v["rid"] == "p2").await;
+    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
+    let hp = Arc::new(hp);
+    let run = Arc::new(AtomicBool::new(true));
+    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
+    let (vu, vpw) = ("viewufrag", "viewufragpassword0123456789ab");
+    let mut vp = TestPeer::new(vu, vpw).expect("peer");
+    viewer
+        .send(json!({"type": "subscribe", "sdp": subscriber_offer(&vp, vu, vpw), "video_slots": 1, "audio_slots": 1, "rid": "s2"}))
+        .await;
+    let a = viewer.expect("answer", |v| v["rid"] == "s2").await;
+    connect_peer(&mut vp, a["sdp"].as_str().expect("sdp")).await;
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+    let p = prod
+        .expect("participant", |v| {
+            v["id"] == host_id && v["publishing"] == true
         })
         .await;
-    assert!(e.get("rid").is_none(), "{e}");
+    assert_eq!(p["place"], "stage", "the host stayed on stage: {p}");
+    assert!(
+        rtp_within(&vp, Duration::from_secs(2)).await > 20,
+        "media flows again after the renegotiation"
+    );
+    run.store(false, Ordering::Relaxed);
+    let _ = sender.await;
+    drop(control);
     let _ = std::fs::remove_dir_all(&data);
 }

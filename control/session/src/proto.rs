@@ -850,6 +850,20 @@ pub enum ServerMsg {
         /// Any JSON.
         data: Value,
     },
+    /// Server-initiated renegotiation: the server lost this participant's publishing or receiving
+    /// connection (ICE consent lost, DTLS failed, never connected, media engine restarted). The
+    /// participant keeps its place, stage position and mutes; the client makes a new
+    /// PeerConnection and sends the same request again (`publish` with its tracks, `subscribe`
+    /// with the same slot counts and sizes). At most [`RENEGOTIATE_MAX`] per connection kind per
+    /// [`RENEGOTIATE_WINDOW_MS`]; past that the server sends `error{internal}` instead.
+    Renegotiate {
+        /// Which connection to make again.
+        pc: PcKind,
+        /// Why it was lost.
+        cause: MediaLoss,
+        /// Human-readable reason saying what to do.
+        reason: String,
+    },
     /// Reply to `audience_page`.
     AudiencePage {
         /// Audience members.
@@ -903,12 +917,13 @@ impl ServerMsg {
             ServerMsg::Ended { .. } => "ended",
             ServerMsg::Layout { .. } => "layout",
             ServerMsg::App { .. } => "app",
+            ServerMsg::Renegotiate { .. } => "renegotiate",
             ServerMsg::AudiencePage { .. } => "audience_page",
         }
     }
 
     /// Every server message type name (for docs coverage tests).
-    pub const TYPE_NAMES: [&'static str; 21] = [
+    pub const TYPE_NAMES: [&'static str; 22] = [
         "welcome",
         "answer",
         "ack",
@@ -929,8 +944,53 @@ impl ServerMsg {
         "ended",
         "layout",
         "app",
+        "renegotiate",
         "audience_page",
     ];
+}
+
+/// `renegotiate` requests a participant may get per connection kind per
+/// [`RENEGOTIATE_WINDOW_MS`]. Default 3: bounds a loop of a client whose new connections keep
+/// failing (a bad fingerprint, a network that blocks UDP) to 3 offers per minute; past it the
+/// server sends `error{internal}` and leaves the retry to the user.
+pub const RENEGOTIATE_MAX: u32 = 3;
+/// The window of [`RENEGOTIATE_MAX`], ms. Default 60 000.
+pub const RENEGOTIATE_WINDOW_MS: u64 = 60_000;
+
+/// A participant's PeerConnection, by what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PcKind {
+    /// The send-only connection made by `publish`.
+    Publish,
+    /// The receive-only connection with slots made by `subscribe`.
+    Subscribe,
+}
+
+/// Why the server lost a PeerConnection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaLoss {
+    /// ICE consent expired (no connectivity checks from the client for the consent timeout).
+    ConsentLost,
+    /// The DTLS handshake failed (fingerprint mismatch, timeout, alert).
+    DtlsFailed,
+    /// ICE never connected within the connect timeout.
+    NeverConnected,
+    /// The media engine restarted: every connection it carried is gone.
+    EngineRestart,
+}
+
+impl MediaLoss {
+    /// What a person reads.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MediaLoss::ConsentLost => "ICE consent was lost",
+            MediaLoss::DtlsFailed => "the DTLS handshake failed",
+            MediaLoss::NeverConnected => "ICE never connected",
+            MediaLoss::EngineRestart => "the media engine restarted",
+        }
+    }
 }
 
 /// A client frame that could not be parsed: answer it with [`ProtoError::to_server_msg`].
