@@ -30,6 +30,10 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Longest ICE consent timeout, seconds. Default 3600: bounds how long a vanished client's
 /// transport (and its engine rows) lives.
 pub const MAX_CONSENT_TIMEOUT_SECS: u64 = 3600;
+/// Largest `resume_grace_secs`: a detached `/ws` participant (socket dropped, media kept) is
+/// held at most 10 minutes. Its memory is the participant's entry, counted against the
+/// session's participant limit like a connected one.
+pub const MAX_RESUME_GRACE_SECS: u64 = 600;
 /// Smallest HTTP body limit, bytes. Default 1024: below this no browser offer fits.
 pub const MIN_BODY_BYTES: usize = 1024;
 /// Largest HTTP body limit, bytes. Default 16 MiB: bounds memory per in-flight request.
@@ -77,6 +81,9 @@ pub struct Settings {
     pub consent_timeout_secs: u64,
     /// HTTP request body limit in bytes (SDP offers). Default 64 KiB.
     pub max_body_bytes: usize,
+    /// Seconds a `/ws` participant whose socket dropped (no close frame) keeps its place and
+    /// media, waiting for `hello{resume:true}`. 0 = leave at once. Default 20.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -95,6 +102,7 @@ impl Default for Settings {
             backend: "auto".to_owned(),
             consent_timeout_secs: 30,
             max_body_bytes: 64 * 1024,
+            resume_grace_secs: 20,
         }
     }
 }
@@ -115,6 +123,7 @@ impl fmt::Debug for Settings {
             .field("backend", &self.backend)
             .field("consent_timeout_secs", &self.consent_timeout_secs)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("resume_grace_secs", &self.resume_grace_secs)
             .finish()
     }
 }
@@ -329,6 +338,15 @@ pub struct SettingsArgs {
     /// HTTP request body limit in bytes [default: 65536; range 1024..=16777216].
     #[arg(long, value_name = "BYTES", env = "ILS_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<usize>,
+    /// Seconds a /ws participant whose socket dropped keeps its place and media, waiting to
+    /// resume; 0 = leave at once [default: 20; range 0..=600]. File key: resume_grace_secs.
+    #[arg(
+        long = "resume-grace",
+        value_name = "SECS",
+        env = "ILS_RESUME_GRACE",
+        global = true
+    )]
+    pub resume_grace_secs: Option<u64>,
 }
 
 impl fmt::Debug for SettingsArgs {
@@ -348,6 +366,7 @@ impl fmt::Debug for SettingsArgs {
             .field("backend", &self.backend)
             .field("consent_timeout_secs", &self.consent_timeout_secs)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("resume_grace_secs", &self.resume_grace_secs)
             .finish()
     }
 }
@@ -482,6 +501,11 @@ const F_BODY: Field = Field {
     key: "max_body_bytes",
     flag: "--max-body-bytes",
     var: "ILS_MAX_BODY_BYTES",
+};
+const F_RESUME: Field = Field {
+    key: "resume_grace_secs",
+    flag: "--resume-grace",
+    var: "ILS_RESUME_GRACE",
 };
 
 /// Origins of the merged settings, by key.
@@ -639,12 +663,19 @@ pub fn load_from(
         "bytes, 1024..=16777216",
         |v| v
     );
+    apply!(
+        resume_grace_secs,
+        F_RESUME,
+        |t| t.parse().ok(),
+        "seconds, 0..=600",
+        |v| v
+    );
 
     validate(&s, &origins, available_cores)?;
     Ok(s)
 }
 
-const ALL_FIELDS: [Field; 13] = [
+const ALL_FIELDS: [Field; 14] = [
     F_HTTP,
     F_MEDIA_IP,
     F_ANNOUNCE_IP,
@@ -658,6 +689,7 @@ const ALL_FIELDS: [Field; 13] = [
     F_BACKEND,
     F_CONSENT,
     F_BODY,
+    F_RESUME,
 ];
 
 /// The flag's value if given, else the environment variable's (parsed), with its origin.
@@ -841,6 +873,15 @@ fn validate(s: &Settings, o: &Origins, available: usize) -> Result<(), ConfigErr
             &F_CONSENT,
             &s.consent_timeout_secs,
             format!("must be 1..={MAX_CONSENT_TIMEOUT_SECS} seconds (RFC 7675 suggests 30)"),
+        );
+    }
+    if s.resume_grace_secs > MAX_RESUME_GRACE_SECS {
+        return bad(
+            &F_RESUME,
+            &s.resume_grace_secs,
+            format!(
+                "must be 0..={MAX_RESUME_GRACE_SECS} seconds (0: a dropped socket leaves at once)"
+            ),
         );
     }
     if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&s.max_body_bytes) {
@@ -1146,6 +1187,8 @@ mod tests {
             "45",
             "--max-body-bytes",
             "100000",
+            "--resume-grace",
+            "5",
         ]);
         let s = load_from(&c.args, &no_env, 4).unwrap();
         assert_eq!(
@@ -1164,6 +1207,7 @@ mod tests {
                 backend: "mmsg".into(),
                 consent_timeout_secs: 45,
                 max_body_bytes: 100000,
+                resume_grace_secs: 5,
             }
         );
         // The alias for the file key name also works.

@@ -121,6 +121,12 @@ pub struct WsCounters {
     pub audio_reranks: AtomicU64,
     /// `renegotiate` requests sent (a participant's connection was lost on the server).
     pub renegotiations: AtomicU64,
+    /// Sockets that dropped and left their participant waiting to resume.
+    pub detached: AtomicU64,
+    /// Participants resumed by `hello{resume:true}`.
+    pub resumed: AtomicU64,
+    /// Detached participants removed when the resume grace ended.
+    pub resume_expired: AtomicU64,
 }
 
 impl Default for WsCounters {
@@ -137,6 +143,9 @@ impl Default for WsCounters {
             slot_cmds: AtomicU64::new(0),
             audio_reranks: AtomicU64::new(0),
             renegotiations: AtomicU64::new(0),
+            detached: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            resume_expired: AtomicU64::new(0),
         }
     }
 }
@@ -199,7 +208,7 @@ impl WsCounters {
                 self.refused[c.index()].load(Ordering::Relaxed)
             );
         }
-        let pairs: [(&str, &AtomicU64); 7] = [
+        let pairs: [(&str, &AtomicU64); 10] = [
             ("ils_ws_frames_serialized_total", &self.serialized),
             ("ils_ws_lagged_total", &self.lagged),
             ("ils_ws_closed_slow_total", &self.closed_slow),
@@ -207,6 +216,9 @@ impl WsCounters {
             ("ils_ws_slot_commands_total", &self.slot_cmds),
             ("ils_ws_audio_reranks_total", &self.audio_reranks),
             ("ils_ws_renegotiations_total", &self.renegotiations),
+            ("ils_ws_detached_total", &self.detached),
+            ("ils_ws_resumed_total", &self.resumed),
+            ("ils_ws_resume_expired_total", &self.resume_expired),
         ];
         for (n, v) in pairs {
             let _ = writeln!(out, "# TYPE {n} counter");
@@ -480,7 +492,13 @@ struct Handle {
     tx: mpsc::Sender<Direct>,
     /// Current place as `Place::ALL` index, updated from `moved` / `participant` events.
     place: Arc<AtomicU8>,
+    /// Which socket this is ([`SOCKET_EPOCH`]): a socket whose handle was taken over by a
+    /// resume does not clean up the participant when it ends.
+    epoch: u64,
 }
+
+/// Numbers the sockets of this process (see [`Handle::epoch`]).
+static SOCKET_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A participant's PeerConnections (room session ids).
 #[derive(Debug, Default)]
@@ -527,6 +545,9 @@ pub(crate) struct Core {
     audio: AudioRank,
     /// Audio track handles registered in [`Hub`]'s track index by this session.
     audio_tracks: Vec<u32>,
+    /// Participants whose socket dropped, waiting to resume: pid → the dropped socket's epoch
+    /// (the grace task removes the participant only if it is still this detachment).
+    detached: HashMap<Pid, u64>,
 }
 
 /// One ILS session (named like its room): core, media and fan-out channels.
@@ -560,6 +581,7 @@ impl IlsRoom {
             core: tokio::sync::Mutex::new(Core {
                 session: Session::new(SessionConfig::default()),
                 media: HashMap::new(),
+                detached: HashMap::new(),
                 audio: AudioRank::default(),
                 audio_tracks: Vec::new(),
             }),
@@ -1602,7 +1624,13 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
         }
     };
     let rid = frame.rid.clone();
-    let ClientMsg::Hello { v, token, name } = frame.msg else {
+    let ClientMsg::Hello {
+        v,
+        token,
+        name,
+        resume,
+    } = frame.msg
+    else {
         conn.refuse(
             ErrorCode::NotJoined,
             "the first message must be hello (see docs/protocol.md)",
@@ -1663,52 +1691,102 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     let (dtx, mut drx) = mpsc::channel(DIRECT_QUEUE);
     let place = Arc::new(AtomicU8::new(0));
     let mut core = room.core.lock().await;
-    let joined = core.session.join(
-        room.now_ms(),
-        &identity,
-        name.as_deref(),
-        role,
-        to_session_grants(&claims),
-        rid.clone(),
-    );
-    let (pid, outcome) = match joined {
-        Ok(x) => x,
-        Err(e) => {
-            drop(core);
-            let m = e.to_server_msg(rid);
-            conn.write_msg(&m).await;
-            conn.close(1008, &format!("{}: {e}", e.code())).await;
-            return;
-        }
+    let now = room.now_ms();
+    // Resume: the identity's participant (detached, or on a socket that has not noticed it is
+    // dead yet) keeps its id, place and PeerConnections. Anonymous tokens cannot resume.
+    let resumed = if resume && claims.identity.is_some() {
+        core.session
+            .pid_of(&identity)
+            .and_then(|p| Some((p, core.session.resume(now, p, role, rid.clone())?)))
+    } else {
+        None
+    };
+    let was_resumed = resumed.is_some();
+    let (pid, outcome) = match resumed {
+        Some(x) => x,
+        None => match core.session.join(
+            now,
+            &identity,
+            name.as_deref(),
+            role,
+            to_session_grants(&claims),
+            rid.clone(),
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                drop(core);
+                let m = e.to_server_msg(rid);
+                conn.write_msg(&m).await;
+                conn.close(1008, &format!("{}: {e}", e.code())).await;
+                return;
+            }
+        },
     };
     if let Some((_, p)) = core.session.role_place(pid) {
         place.store(place_index(p), Ordering::Relaxed);
     }
+    let epoch = SOCKET_EPOCH.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut h) = room.handles.lock() {
-        h.insert(
+        let old = h.insert(
             pid,
             Handle {
                 tx: dtx,
                 place: Arc::clone(&place),
+                epoch,
+            },
+        );
+        if let Some(old) = old.filter(|_| was_resumed) {
+            let _ = old.tx.try_send(Direct::Close(
+                1000,
+                "resumed by a new connection with the same identity".into(),
+            ));
+        }
+    }
+    let mut last_slots = None;
+    if was_resumed {
+        core.detached.remove(&pid);
+        app.ils.counters.resumed.fetch_add(1, Ordering::Relaxed);
+        last_slots = core
+            .media
+            .get(&pid)
+            .and_then(|m| m.subscriber.as_ref())
+            .and_then(|s| s.last.clone());
+    } else {
+        core.media.insert(
+            pid,
+            PMedia {
+                identity,
+                ..PMedia::default()
             },
         );
     }
-    core.media.insert(
-        pid,
-        PMedia {
-            identity,
-            ..PMedia::default()
-        },
-    );
     drop(core);
     run_outcome(app, &room, outcome).await;
-    tracing::debug!(room = %room.name, %pid, "joined /ws");
+    // The latest slot mapping after the resumed welcome: changes made while detached.
+    if let Some(json) = last_slots {
+        let f = Frame {
+            to: To::Participant(pid),
+            json,
+            kind: "slots",
+            closes: None,
+        };
+        if let Some(h) = room
+            .handles
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&pid).map(|x| x.tx.clone()))
+        {
+            let _ = h.try_send(Direct::Frame(Arc::new(f)));
+        }
+    }
+    tracing::debug!(room = %room.name, %pid, resumed = was_resumed, "joined /ws");
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut last_heard = Instant::now();
     let mut lags = 0u32;
     let mut bad = 0u32;
+    let mut clean_close = false;
     let reason: (u16, String) = loop {
         tokio::select! {
             m = conn.rx.recv() => {
@@ -1764,7 +1842,13 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
                             break (0, String::new());
                         }
                     }
-                    Message::Close(_) => break (0, String::new()),
+                    Message::Close(f) => {
+                        // 1000 (normal) and 1001 (going away: page closed or reloaded) leave at
+                        // once; any other code is a drop the client means to resume.
+                        let code: u16 = f.map_or(1005, |f| f.code);
+                        clean_close = matches!(code, 1000 | 1001);
+                        break (0, String::new());
+                    }
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
@@ -1806,11 +1890,57 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     if reason.0 != 0 {
         conn.close(reason.0, &reason.1).await;
     }
-    // Cleanup: the participant leaves (no-op if the session already removed it).
-    if let Ok(mut h) = room.handles.lock() {
-        h.remove(&pid);
+    // Cleanup, unless a resume took this participant over (its handle is another socket's).
+    let mine = room
+        .handles
+        .lock()
+        .map(|mut h| {
+            let mine = h.get(&pid).is_some_and(|x| x.epoch == epoch);
+            if mine {
+                h.remove(&pid);
+            }
+            mine
+        })
+        .unwrap_or(false);
+    if !mine {
+        return;
     }
+    // A socket that dropped (no close frame, an error, or a close code other than 1000/1001)
+    // while the server did not end it: the participant keeps its place and media for the
+    // resume grace, waiting for `hello{resume:true}` (RELIABILITY F7).
+    let grace = Duration::from_secs(app.settings.resume_grace_secs);
     let mut core = room.core.lock().await;
+    let resumable = reason.0 == 0
+        && !clean_close
+        && !grace.is_zero()
+        && claims.identity.is_some()
+        && core.session.role_place(pid).is_some();
+    if resumable {
+        core.detached.insert(pid, epoch);
+        drop(core);
+        app.ils.counters.detached.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(room = %room.name, %pid, "socket dropped; held for resume");
+        let (app, room) = (Arc::clone(app), Arc::clone(&room));
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut core = room.core.lock().await;
+            if core.detached.get(&pid) != Some(&epoch) {
+                return; // resumed (or resumed and dropped again: a newer grace task owns it)
+            }
+            core.detached.remove(&pid);
+            app.ils
+                .counters
+                .resume_expired
+                .fetch_add(1, Ordering::Relaxed);
+            let o = core.session.leave(room.now_ms(), pid);
+            let media = core.media.remove(&pid);
+            drop(core);
+            drop_media(&app, media).await;
+            run_outcome(&app, &room, o).await;
+        });
+        return;
+    }
+    // The participant leaves (no-op if the session already removed it).
     let o = core.session.leave(room.now_ms(), pid);
     let media = core.media.remove(&pid);
     drop(core);
@@ -2168,6 +2298,7 @@ mod tests {
             Handle {
                 tx,
                 place: Arc::clone(&place),
+                epoch: 1,
             },
         );
         room.deliver(

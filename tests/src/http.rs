@@ -107,6 +107,15 @@ impl Drop for RunningControl {
 /// Start `ils-control` with `--data-dir data`, a free HTTP port, one free UDP port, one shard
 /// and `ILS_SECRET=secret`; returns once it listens.
 pub fn start_control(data: &Path, secret: &str) -> (RunningControl, SocketAddr) {
+    start_control_with_env(data, secret, &[])
+}
+
+/// [`start_control`] with extra environment variables (settings such as `ILS_RESUME_GRACE`).
+pub fn start_control_with_env(
+    data: &Path,
+    secret: &str,
+    env: &[(&str, &str)],
+) -> (RunningControl, SocketAddr) {
     let http = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free tcp port");
@@ -124,6 +133,7 @@ pub fn start_control(data: &Path, secret: &str) -> (RunningControl, SocketAddr) 
         ])
         .env("ILS_SECRET", secret)
         .env("ILS_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let child =

@@ -689,3 +689,104 @@ async fn engine_restart_renegotiates_and_media_resumes_on_stage() {
     drop(control);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// RELIABILITY F7: a participant's WebSocket drops while its media flows. The participant is
+/// held for the resume grace (here 2 s, `ILS_RESUME_GRACE`): media keeps flowing, a `hello`
+/// with `resume: true` gets the same id back (`welcome.resumed`) and the slot mapping that
+/// changed meanwhile, with no new offer. A participant that does not come back is removed when
+/// the grace ends and its media stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_socket_resumes_within_the_grace_and_is_removed_after_it() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let data = std::env::temp_dir().join(format!("ils-control-ws-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let (_control, addr) =
+        ils_tests::http::start_control_with_env(&data, SECRET, &[("ILS_RESUME_GRACE", "2")]);
+    let room = "flaky-wifi";
+    let (mut prod, _) = join(addr, &token(room, Role::Producer, "prod", None)).await;
+    let (mut host, w) = join(addr, &token(room, Role::Host, "host", None)).await;
+    let host_id = w["you"]["id"].as_u64().expect("id");
+    let vtok = token(room, Role::Viewer, "viewer", None);
+    let (mut viewer, w, vp) = subscribed(addr, &vtok, "viewufrag").await;
+    let viewer_id = w["you"]["id"].as_u64().expect("id");
+    let (hu, hpw) = ("hostufrag", "hostpassword0123456789ab");
+    let mut hp = TestPeer::new(hu, hpw).expect("peer");
+    host.send(json!({"type": "publish", "sdp": publisher_offer(&hp, hu, hpw), "rid": "p"}))
+        .await;
+    let a = host.expect("answer", |v| v["rid"] == "p").await;
+    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
+    let hp = Arc::new(hp);
+    let run = Arc::new(AtomicBool::new(true));
+    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
+    let stage = json!({"type": "move", "participant": host_id, "to": "stage"});
+    prod.send(stage.clone()).await;
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+
+    // ---- the viewer's socket drops (TCP gone, no close frame): media keeps flowing ----
+    drop(viewer);
+    assert!(
+        rtp_within(&vp, Duration::from_millis(1000)).await > 20,
+        "media flows while the socket is down"
+    );
+    // a change while it is away: the host goes back to the green room
+    prod.send(json!({"type": "move", "participant": host_id, "to": "green_room"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ---- it comes back within the grace: same id, current slots, no new offer ----
+    let mut viewer = Client::connect(addr).await;
+    viewer
+        .send(json!({"type": "hello", "v": 1, "token": vtok, "resume": true, "rid": "r"}))
+        .await;
+    let w = viewer.expect("welcome", |_| true).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(w["you"]["id"], viewer_id, "same participant");
+    assert_eq!(w["rid"], "r");
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == Value::Null)
+        .await;
+    prod.send(stage).await;
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == host_id)
+        .await;
+    drain(&vp).await;
+    assert!(
+        rtp_within(&vp, Duration::from_millis(1500)).await > 20,
+        "the resumed viewer's subscriber connection (never renegotiated) gets the host again"
+    );
+
+    // ---- the host's socket drops and stays away: removed when the grace ends ----
+    drop(host);
+    let t = Instant::now();
+    prod.expect("participant_left", |v| v["id"] == host_id)
+        .await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= GRACE - Duration::from_millis(200) && waited < GRACE + Duration::from_secs(3),
+        "removed after {waited:?}, grace {GRACE:?}"
+    );
+    viewer
+        .expect("slots", |v| slot_participant(v, "video") == Value::Null)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(&vp).await;
+    assert_eq!(
+        rtp_within(&vp, Duration::from_millis(1000)).await,
+        0,
+        "a participant gone past the grace has no media left"
+    );
+    let m = |n: &str| ils_tests::http::metric(addr, n);
+    assert_eq!(
+        (
+            m("ils_ws_detached_total"),
+            m("ils_ws_resumed_total"),
+            m("ils_ws_resume_expired_total")
+        ),
+        (2, 1, 1)
+    );
+    run.store(false, Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -515,6 +515,11 @@ pub enum ClientMsg {
         /// Display name; defaults to the token identity.
         #[serde(default)]
         name: Option<String>,
+        /// Resume the participant this identity already has (after the socket dropped): same
+        /// id, place and PeerConnections (`welcome.resumed`). Without it, or when there is none
+        /// to resume, a `hello` joins anew and replaces an existing participant.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume: bool,
     },
     /// Offer of the send-only publishing PeerConnection.
     Publish {
@@ -731,6 +736,10 @@ pub enum ServerMsg {
         you: You,
         /// The state.
         state: Box<SessionState>,
+        /// True when this `hello` resumed an existing participant (its PeerConnections are
+        /// still up; the latest `slots` mapping follows). Absent on a fresh join.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
         /// Request id of the `hello`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rid: Option<String>,
@@ -1075,7 +1084,8 @@ mod tests {
             ClientMsg::Hello {
                 v: 1,
                 token: "t".into(),
-                name: None
+                name: None,
+                resume: false,
             }
         );
     }

@@ -369,6 +369,8 @@ pub struct Counters {
     pub removed: u64,
     /// Participants replaced by a rejoin of the same identity.
     pub replaced: u64,
+    /// Participants resumed by `hello{resume:true}` after their socket dropped.
+    pub resumed: u64,
     /// Client messages handled.
     pub messages_in: u64,
     /// Chat messages accepted.
@@ -395,12 +397,13 @@ impl Counters {
 
     /// The plain counters as `(metric name suffix, value)`, for Prometheus export (refusals are
     /// in [`Counters::refused`], labelled by [`ErrorCode::as_str`]).
-    pub fn values(&self) -> [(&'static str, u64); 12] {
+    pub fn values(&self) -> [(&'static str, u64); 13] {
         [
             ("joins", self.joins),
             ("leaves", self.leaves),
             ("removed", self.removed),
             ("replaced", self.replaced),
+            ("resumed", self.resumed),
             ("messages_in", self.messages_in),
             ("chat_sent", self.chat_sent),
             ("chat_dropped_audience_cap", self.chat_dropped_audience_cap),
@@ -421,6 +424,7 @@ impl Counters {
         self.leaves += other.leaves;
         self.removed += other.removed;
         self.replaced += other.replaced;
+        self.resumed += other.resumed;
         self.messages_in += other.messages_in;
         self.chat_sent += other.chat_sent;
         self.chat_dropped_audience_cap += other.chat_dropped_audience_cap;
@@ -776,6 +780,7 @@ impl Session {
                 grants: m.grants,
             },
             state: Box::new(state),
+            resumed: false,
             rid,
         })
     }
@@ -918,6 +923,39 @@ impl Session {
             o.effect(Effect::MediaPlanChanged);
         }
         Ok((pid, o))
+    }
+
+    /// The participant `identity` has (not anonymous ones), if it is still a member.
+    pub fn pid_of(&self, identity: &str) -> Option<Pid> {
+        self.by_identity
+            .get(identity)
+            .copied()
+            .filter(|p| self.members.contains_key(p))
+    }
+
+    /// `hello{resume:true}` from the token of `pid`'s identity and role: the participant keeps
+    /// its id, place, mutes, hand, votes and rate budgets. The outcome is its `welcome` with
+    /// `resumed: true` (the current state, which covers what it missed while detached). `None`
+    /// when `pid` is gone, the session ended, or `role` differs (a token of another role joins
+    /// anew).
+    pub fn resume(
+        &mut self,
+        _now_ms: u64,
+        pid: Pid,
+        role: Role,
+        rid: Option<String>,
+    ) -> Option<Outcome> {
+        if self.ended || self.members.get(&pid)?.role != role {
+            return None;
+        }
+        let mut w = self.welcome(pid, rid)?;
+        if let ServerMsg::Welcome { resumed, .. } = &mut w {
+            *resumed = true;
+        }
+        self.counters.resumed += 1;
+        let mut o = Outcome::default();
+        o.send(To::Participant(pid), w);
+        Some(o)
     }
 
     /// `pid` left (socket closed). Unknown ids are ignored.

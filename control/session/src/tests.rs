@@ -213,6 +213,7 @@ fn every_action_by_every_role() {
                 v: 1,
                 token: "t".into(),
                 name: None,
+                resume: false,
             },
             all_conflict,
         ),
@@ -1380,7 +1381,8 @@ fn arb_msg() -> impl Strategy<Value = ClientMsg> {
         Just(ClientMsg::Hello {
             v: 1,
             token: "t".into(),
-            name: None
+            name: None,
+            resume: false,
         }),
         ".{0,10}".prop_map(|sdp| ClientMsg::Publish { sdp }),
         (0u32..30, 0u32..10).prop_map(|(video_slots, audio_slots)| ClientMsg::Subscribe {
