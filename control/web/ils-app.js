@@ -46,6 +46,8 @@ export async function join(role) {
   const { token, room, name } = await pageToken(role);
   const client = await IlsClient.connect("", token, { name });
   client.on("error", (e) => showError(e));
+  client.on("reconnecting", ({ attempt }) => showError(`connection lost: reconnecting (attempt ${attempt})…`));
+  client.on("reconnected", () => showError(""));
   // `removed` / `ended` come just before the server closes the socket: keep them on screen.
   let final = false;
   client.on("close", ({ code, reason }) => { if (!final) showError(`disconnected (${code}${reason ? ": " + reason : ""})`); });

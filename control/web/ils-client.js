@@ -88,6 +88,28 @@ export const SLOT_SIZES = /** @type {const} */ (["thumbnail", "medium", "full"])
  * @property {number} frameHeight
  */
 
+/** How long a dropped client keeps trying to reconnect (longer than the server's default
+ * resume grace, 20 s: past it, it rejoins as a new participant and renegotiates). */
+export const RECONNECT_WINDOW_MS = 30_000;
+/** First reconnect delay; doubles per attempt up to RECONNECT_MAX_DELAY_MS. */
+export const RECONNECT_FIRST_DELAY_MS = 250;
+export const RECONNECT_MAX_DELAY_MS = 4_000;
+
+/**
+ * Opens a WebSocket (with `opts.socket` when given) and resolves once it is open.
+ * @param {string} target
+ * @param {ConnectOptions} opts
+ * @returns {Promise<WebSocket>}
+ */
+function openSocket(target, opts) {
+  const ws = opts.socket ? opts.socket(target) : new WebSocket(target);
+  return new Promise((resolve, reject) => {
+    const fail = () => reject(new IlsSessionError("closed", `cannot open ${target} (is the server up, does it serve /ws?)`));
+    ws.addEventListener("open", () => { ws.removeEventListener("error", fail); resolve(ws); }, { once: true });
+    ws.addEventListener("error", fail, { once: true });
+  });
+}
+
 /**
  * @typedef {Object} ConnectOptions
  * @property {string} [name]             Display name sent in `hello`.
@@ -309,7 +331,9 @@ export class Subscription {
  * `muted` ({audio, video}), `removed` ({reason}), `ended` ({reason}), `layout` (layout), `app` ({from, data}),
  * `audience_page`, `renegotiate` ({pc, cause, reason}: the server lost a connection; the client makes
  * it again unless `autoRenegotiate` is false), `renegotiated` ({pc, cause, publication|subscription}),
- * `error` (IlsSessionError; also every unsolicited server error), `close` ({code, reason}),
+ * `error` (IlsSessionError; also every unsolicited server error), `reconnecting` ({attempt, code,
+ * reason}: the socket dropped, resuming), `reconnected` ({resumed, attempt}), `close` ({code,
+ * reason}: for good — left, removed, ended, refused, or could not reconnect),
  * `message` (every server message, raw), `state` (after any change of the lists below).
  */
 export class IlsClient {
@@ -322,13 +346,10 @@ export class IlsClient {
    */
   static async connect(url, token, opts = {}) {
     const target = wsUrl(url);
-    const ws = opts.socket ? opts.socket(target) : new WebSocket(target);
-    const client = new IlsClient(ws);
-    await new Promise((resolve, reject) => {
-      const fail = () => reject(new IlsSessionError("closed", `cannot open ${target} (is the server up, does it serve /ws?)`));
-      ws.addEventListener("open", () => { ws.removeEventListener("error", fail); resolve(undefined); }, { once: true });
-      ws.addEventListener("error", fail, { once: true });
-    });
+    const client = new IlsClient(await openSocket(target, opts));
+    client.target = target;
+    client.token = token;
+    client.opts = opts;
     /** @type {any} */
     const hello = { type: "hello", v: PROTOCOL_VERSION, token };
     if (opts.name) hello.name = opts.name;
@@ -339,7 +360,21 @@ export class IlsClient {
 
   /** @param {WebSocket} ws */
   constructor(ws) {
+    /** @type {WebSocket} */
     this.ws = ws;
+    /** Where and how it connected (for reconnecting). */
+    this.target = "";
+    this.token = "";
+    /** @type {ConnectOptions} */
+    this.opts = {};
+    /** Reconnect (with `hello{resume:true}`) when the socket drops (default true). */
+    this.autoReconnect = true;
+    /** A reconnection is under way. */
+    this.reconnecting = false;
+    /** Reconnections that succeeded. */
+    this.reconnects = 0;
+    /** `removed` / `ended` arrived: the server closes for good. */
+    this.final = false;
     this.nextRid = 1;
     /** @type {Map<string, {resolve:(m:any)=>void, reject:(e:any)=>void, timer:any, expect:string|null}>} */
     this.pending = new Map();
@@ -371,8 +406,14 @@ export class IlsClient {
     /** `renegotiate` requests received. */
     this.renegotiations = 0;
     this.closed = false;
-    ws.addEventListener("message", (ev) => this.onMessage(ev.data));
-    ws.addEventListener("close", (ev) => this.onClose(ev.code, ev.reason));
+    this.attach(ws);
+  }
+
+  /** Listens to `ws` and makes it the client's socket. @param {WebSocket} ws */
+  attach(ws) {
+    this.ws = ws;
+    ws.addEventListener("message", (ev) => { if (ws === this.ws) this.onMessage(ev.data); });
+    ws.addEventListener("close", (ev) => { if (ws === this.ws) this.onClose(ev.code, ev.reason); });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -596,9 +637,11 @@ export class IlsClient {
         this.emit("muted", { audio: m.audio, video: m.video }, m);
         break;
       case "removed":
+        this.final = true;
         this.emit("removed", { reason: m.reason }, m);
         break;
       case "ended":
+        this.final = true;
         this.emit("ended", { reason: m.reason }, m);
         break;
       case "layout":
@@ -652,13 +695,82 @@ export class IlsClient {
 
   /** @param {number} code @param {string} reason */
   onClose(code, reason) {
-    this.closed = true;
     for (const [rid, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(new IlsSessionError("closed", `connection closed (${code}${reason ? ": " + reason : ""})`, rid));
     }
     this.pending.clear();
+    if (this.reconnecting) return; // a failed attempt: the reconnect loop tries again
+    // The server's own ends (1000 removed/ended/replaced, 1001 idle, 1008 policy, 1003/1007/1009
+    // bad input) and our close() are final; a drop (1006), a restart (1012), "try again" (1013)
+    // or any other code resumes.
+    const resumable = !this.closed && !this.final && this.autoReconnect && this.token !== "" &&
+      ![1000, 1001, 1003, 1007, 1008, 1009, 1010].includes(code);
+    if (resumable) {
+      this.reconnect(code, reason);
+      return;
+    }
+    this.closed = true;
     this.emit("close", { code, reason }, null);
+  }
+
+  /**
+   * After a drop: reconnects with backoff (RECONNECT_FIRST_DELAY_MS doubling up to
+   * RECONNECT_MAX_DELAY_MS) for RECONNECT_WINDOW_MS, sending `hello{resume:true}`. Resumed: the
+   * participant and its PeerConnections are as they were (`reconnected` {resumed:true}). Not
+   * resumed (the server's grace ended, or it restarted): a new participant, so the client makes
+   * its connections again (`renegotiate`) and emits `reconnected` {resumed:false}. Gives up
+   * with `close`.
+   * @param {number} code @param {string} reason
+   */
+  async reconnect(code, reason) {
+    this.reconnecting = true;
+    const until = Date.now() + RECONNECT_WINDOW_MS;
+    let delay = RECONNECT_FIRST_DELAY_MS;
+    for (let attempt = 1; !this.closed && Date.now() < until; attempt++) {
+      this.emit("reconnecting", { attempt, code, reason }, null);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, RECONNECT_MAX_DELAY_MS);
+      try {
+        this.attach(await openSocket(this.target, this.opts));
+        /** @type {any} */
+        const hello = { type: "hello", v: PROTOCOL_VERSION, token: this.token, resume: true };
+        if (this.opts.name) hello.name = this.opts.name;
+        const w = await this.request(hello, "welcome");
+        this.reconnecting = false;
+        this.reconnects += 1;
+        this.applyWelcome(w);
+        this.emit("reconnected", { resumed: !!w.resumed, attempt }, w);
+        if (!w.resumed) this.remakeConnections();
+        return;
+      } catch (e) {
+        if (e instanceof IlsSessionError && !["closed", "timeout"].includes(e.code)) {
+          // refused (unauthorized, removed, ended, session_full): no point in trying again
+          this.reconnecting = false;
+          this.closed = true;
+          this.emit("error", e, null);
+          this.emit("close", { code, reason: `${reason || "connection lost"}; rejoin refused: ${e.code}` }, null);
+          return;
+        }
+        try { this.ws.close(); } catch (_) { /* already closed */ }
+      }
+    }
+    this.reconnecting = false;
+    this.closed = true;
+    this.emit("close", { code, reason: `${reason || "connection lost"}; could not reconnect` }, null);
+  }
+
+  /** After a rejoin as a new participant: its old connections are gone on the server; make
+   * them again (a publish the new participant may not do yet is dropped with an `error`). */
+  async remakeConnections() {
+    for (const pc of /** @type {const} */ (["subscribe", "publish"])) {
+      try {
+        await this.renegotiate(pc, "rejoined");
+      } catch (e) {
+        if (pc === "publish") this.unpublish(false);
+        this.emit("error", e instanceof IlsSessionError ? e : new IlsSessionError("media", String(e)), null);
+      }
+    }
   }
 
   /** Participants in one place (stage, green_room, backstage). @param {Place} place */

@@ -15,7 +15,9 @@
 //      a hidden message disappears); a poll with votes and live results (second vote refused);
 //      a reaction burst arrives aggregated (fewer `reactions` messages than reactions, same sum);
 //      a pushed layout; the viewer grid is side by side in landscape, stacked in portrait;
-//      5e. the media engine is SIGKILLed (RELIABILITY F2): control restarts it and sends
+//      5e. viewer1's signaling socket drops (closed with 4000): the client resumes the same
+//      participant (hello{resume:true}) without renegotiating, the host keeps playing;
+//      5f. the media engine is SIGKILLed (RELIABILITY F2): control restarts it and sends
 //      `renegotiate`; every page's ils-client.js makes its connections again by itself, the host
 //      keeps its stage place and all 3 viewers decode it again within 15 s;
 //   6. screenshots of every page into $ILS_ARTIFACTS (ils-*.png).
@@ -860,7 +862,26 @@ async function run(browser, control) {
   check("every viewer made exactly one offer/answer on its subscriber connection over the whole session",
     finalNeg.every((n) => n.offers === 1 && n.answers === 1), finalNeg.map((n) => `${n.offers}/${n.answers}`).join(" "));
 
-  // ---- 5e. the media engine crashes: server-initiated renegotiation ---------------------------
+  // ---- 5e. a viewer's signaling socket drops (RELIABILITY F7) -------------------------------
+  // Closing with a code other than 1000/1001 is a drop to the server (the participant is held
+  // for the resume grace) and to ils-client.js (it reconnects with hello{resume:true}): the
+  // viewer is the same participant, its subscriber connection untouched, the host keeps playing.
+  if (!MOCK) {
+    const before = await v1.page.evaluate(() => ({ id: window.ilsPage.client.you.id, sub: window.ilsPage.sub.negotiations.offers }));
+    const f0 = await framesOf(v1.page, hostId);
+    const tDrop = Date.now();
+    await v1.page.evaluate(() => { window.__subBefore = window.ilsPage.sub; window.ilsPage.client.ws.close(4000, "test: network drop"); });
+    const resumed = await until(() => v1.page.evaluate(() => {
+      const c = window.ilsPage.client;
+      return c.reconnects === 1 && !c.reconnecting ? { id: c.you.id, sameSub: window.ilsPage.sub === window.__subBefore, renegotiations: c.renegotiations, resumedWelcome: c.received.welcome } : null;
+    }), 10_000, 100);
+    const f1 = await until(async () => { const f = await framesOf(v1.page, hostId); return f.frames - f0.frames >= 30 ? f : null; }, 5_000, 200);
+    check("a dropped signaling socket resumes: same participant, subscriber connection untouched (no renegotiation), the host keeps playing",
+      !!resumed && String(resumed.id) === String(before.id) && resumed.sameSub && resumed.renegotiations === 0 && !!f1,
+      `${Date.now() - tDrop} ms; ${JSON.stringify(resumed)}; frames ${f0.frames}→${f1 ? f1.frames : "stalled"}`);
+  }
+
+  // ---- 5f. the media engine crashes: server-initiated renegotiation ---------------------------
   // SIGKILL the engine (control restarts it; every connection it carried is gone). Control sends
   // `renegotiate` to each connection's owner and ils-client.js makes it again by itself: the host
   // keeps its stage place and every viewer decodes it again through a new subscriber connection.
