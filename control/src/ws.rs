@@ -1843,10 +1843,10 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
                         }
                     }
                     Message::Close(f) => {
-                        // 1000 (normal) and 1001 (going away: page closed or reloaded) leave at
-                        // once; any other code is a drop the client means to resume.
-                        let code: u16 = f.map_or(1005, |f| f.code);
-                        clean_close = matches!(code, 1000 | 1001);
+                        // A close frame without a code, 1000 (normal) or 1001 (going away: page
+                        // closed or reloaded) leaves at once; any other code is a drop the
+                        // client means to resume.
+                        clean_close = f.is_none_or(|f| matches!(f.code, 1000 | 1001));
                         break (0, String::new());
                     }
                     Message::Ping(_) | Message::Pong(_) => {}
