@@ -69,3 +69,52 @@ fn two_hundred_audio_viewers_for_ten_seconds() {
     );
     run.finish();
 }
+
+/// The `ils` scenario (audio + 3-layer VP8 simulcast) with 2 % of the publisher's video lost on
+/// its uplink (`--publisher-loss 2`): the engine NACKs the publisher, the publisher answers from
+/// its history like a browser, the engine forwards the retransmissions, and the viewers end up
+/// with nothing lost.
+#[test]
+fn publisher_uplink_loss_is_repaired_by_nack() {
+    let run = run_load(
+        "ils-load-nack",
+        SECRET,
+        &[
+            "--target",
+            "ils",
+            "--scenario",
+            "ils",
+            "--viewers",
+            "10",
+            "--duration",
+            "6",
+            "--publisher-loss",
+            "2",
+            "--quiet",
+        ],
+    );
+    let json = &run.result;
+    let dropped = json_num(json, "publisher_dropped");
+    assert!(
+        dropped > 5.0,
+        "only {dropped} packets dropped on the uplink"
+    );
+    let nacks = json_num(json, "nacks_in");
+    assert!(nacks > 0.0, "the engine never NACKed the publisher");
+    assert!(
+        json_num(json, "retransmits_sent") >= dropped * 0.9,
+        "retransmitted {} of {dropped}",
+        json_num(json, "retransmits_sent")
+    );
+    assert_eq!(json_num(json, "retransmit_misses"), 0.0);
+    assert!(
+        json_num(json, "recovered") > 0.0,
+        "viewers saw no repaired gap"
+    );
+    assert_eq!(
+        json_num(json, "lost"),
+        0.0,
+        "viewers lost packets the publisher retransmitted"
+    );
+    run.finish();
+}

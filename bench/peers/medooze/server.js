@@ -26,9 +26,10 @@ const MEDIA_IP = process.env.MEDOOZE_MEDIA_IP || "127.0.0.1";
 const SRTP_PROFILES = process.env.MEDOOZE_SRTP_PROFILES || "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80";
 /** Override of Medooze's wait for a missing incoming packet before forwarding the ones behind
  *  it, ms. Default 0: forward at once, as ils does. Medooze's own default waits max(200 ms,
- *  3 x RTT) up to 750 ms (1 s before an RTT is known) for an RTX that the load tool's publisher
- *  never sends (it counts NACKs, it does not retransmit), so one lost incoming packet stalls
- *  the layer for up to 1 s. MEDOOZE_MAX_WAIT_MS=default keeps Medooze's behaviour. */
+ *  3 x RTT) up to 750 ms (1 s before an RTT is known) for a retransmission; the load tool's
+ *  publisher did not retransmit when this was measured (now it resends NACKed packets on their
+ *  own SSRC; not re-measured here), so one lost incoming packet stalled the layer for up to 1 s.
+ *  MEDOOZE_MAX_WAIT_MS=default keeps Medooze's behaviour. */
 const MAX_WAIT_MS = parseMaxWait(process.env.MEDOOZE_MAX_WAIT_MS ?? "0");
 /** Default video layer for viewers without `?layer=`: 1 = middle of q/h/f (what ils's `ils`
  *  scenario views); MEDOOZE_DEFAULT_LAYER=0|1|2 overrides it. */

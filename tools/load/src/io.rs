@@ -63,6 +63,51 @@ pub const PACE_TICK: Duration = Duration::from_millis(1);
 /// layer); worst case 4096 × 16 B per publisher, allocated at setup.
 pub const PACER_QUEUE: usize = 4096;
 
+/// Video packets each publisher keeps per simulcast layer to answer NACKs (a browser's RTX
+/// history is ~1 s). Default 512 (≈ 1.4 s of the top layer); worst case 512 × [`RTX_SLOT`] B per
+/// layer, allocated at setup (2.1 MiB per 3-layer publisher).
+pub const RTX_HISTORY: usize = 512;
+/// Bytes per kept packet (plain RTP, before SRTP); larger packets are not kept. Default 1400.
+pub const RTX_SLOT: usize = 1400;
+/// Sequence numbers answered per NACK packet; the rest are ignored (bounds a NACK flood's
+/// retransmissions). Default 64.
+pub const MAX_RTX_PER_NACK: usize = 64;
+
+/// Sent video packets of one layer, by `seq % RTX_HISTORY`, for retransmission on NACK.
+struct RtxHistory {
+    /// Sequence number held by each slot (`u32::MAX`: empty).
+    seqs: Box<[u32]>,
+    lens: Box<[u16]>,
+    bytes: Box<[u8]>,
+}
+
+impl RtxHistory {
+    fn new() -> Self {
+        RtxHistory {
+            seqs: vec![u32::MAX; RTX_HISTORY].into_boxed_slice(),
+            lens: vec![0; RTX_HISTORY].into_boxed_slice(),
+            bytes: vec![0; RTX_HISTORY * RTX_SLOT].into_boxed_slice(),
+        }
+    }
+
+    fn keep(&mut self, seq: u16, pkt: &[u8]) {
+        let i = usize::from(seq) % RTX_HISTORY;
+        if pkt.len() > RTX_SLOT {
+            self.seqs[i] = u32::MAX;
+            return;
+        }
+        self.seqs[i] = u32::from(seq);
+        self.lens[i] = pkt.len() as u16;
+        self.bytes[i * RTX_SLOT..i * RTX_SLOT + pkt.len()].copy_from_slice(pkt);
+    }
+
+    fn get(&self, seq: u16) -> Option<&[u8]> {
+        let i = usize::from(seq) % RTX_HISTORY;
+        (self.seqs[i] == u32::from(seq))
+            .then(|| &self.bytes[i * RTX_SLOT..i * RTX_SLOT + usize::from(self.lens[i])])
+    }
+}
+
 /// I/O thread settings.
 #[derive(Debug, Clone)]
 pub struct IoConfig {
@@ -74,6 +119,9 @@ pub struct IoConfig {
     pub core: Option<usize>,
     /// Expected endpoints (preallocation).
     pub expected_endpoints: usize,
+    /// Fraction of publishers' first video sends dropped on purpose (network loss on the
+    /// publisher's uplink), 0..=0.5; the packets stay in the NACK history. Default 0.
+    pub publisher_loss: f64,
 }
 
 /// Messages from the runner.
@@ -166,8 +214,14 @@ pub struct IoTotals {
     pub pacer_overflows: u64,
     /// Keyframe requests (PLI/FIR) publishers received.
     pub keyframe_requests_in: u64,
-    /// NACKs publishers received (not answered: the engine retransmits from its cache).
+    /// NACKs publishers received (answered from [`RTX_HISTORY`], like a browser).
     pub nacks_in: u64,
+    /// Packets publishers retransmitted for NACKs (same SSRC and sequence number).
+    pub retransmits_sent: u64,
+    /// NACKed packets a publisher no longer had (older than its history).
+    pub retransmit_misses: u64,
+    /// Video packets publishers did not send on purpose (`publisher_loss`).
+    pub publisher_dropped: u64,
     /// Transport-cc feedback packets publishers received.
     pub twcc_in: u64,
     /// Keyframes sent by publishers (all layers).
@@ -357,6 +411,8 @@ struct Publisher {
     pace_rate: f64,
     audio: TxStream,
     layers: Vec<TxStream>,
+    /// Per layer: sent video packets for NACK answers.
+    rtx: Vec<RtxHistory>,
     audio_pt: u8,
     video_pt: u8,
     audio_mid: [u8; 16],
@@ -417,6 +473,10 @@ struct Acc {
     base: Instant,
     out: [u8; 1600],
     twcc_interval: Option<Duration>,
+    /// `IoConfig::publisher_loss` as a threshold of [`Acc::rng`]'s 32-bit output.
+    loss_threshold: u32,
+    /// xorshift64 state for the loss decision (no per-packet allocation or syscall).
+    rng: u64,
 }
 
 fn ntp_now() -> u64 {
@@ -548,6 +608,7 @@ impl Io {
                     pace_at: now_ns,
                     pace_rate: PACING_FACTOR * media_bps as f64 / 8.0 / 1e9,
                     audio,
+                    rtx: layers.iter().map(|_| RtxHistory::new()).collect(),
                     layers,
                     audio_pt: a.and_then(|m| m.pt_of("opus")).unwrap_or(sdp::PT_OPUS),
                     video_pt: v.and_then(|m| m.pt_of("VP8")).unwrap_or(sdp::PT_VP8),
@@ -777,7 +838,34 @@ fn on_rtcp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], now_ns: u64) {
                     }
                 }
             }
-            (Kind::Publisher(_), RtcpPacket::Nack { .. }) => acc.totals.nacks_in += 1,
+            (
+                Kind::Publisher(pb),
+                RtcpPacket::Nack {
+                    media_ssrc, items, ..
+                },
+            ) => {
+                acc.totals.nacks_in += 1;
+                let Some(li) = pb.layers.iter().position(|l| l.ssrc == media_ssrc) else {
+                    continue;
+                };
+                for seq in items.take(MAX_RTX_PER_NACK) {
+                    let Some(pkt) = pb.rtx.get(li).and_then(|h| h.get(seq)) else {
+                        acc.totals.retransmit_misses += 1;
+                        continue;
+                    };
+                    acc.out[..pkt.len()].copy_from_slice(pkt);
+                    match ep.tx.protect_rtp(&mut acc.out, pkt.len()) {
+                        Ok(n) => {
+                            if send(&ep.sock, ep.server, &acc.out[..n], &mut acc.totals) {
+                                acc.totals.retransmits_sent += 1;
+                                acc.totals.tx_packets += 1;
+                                acc.totals.tx_bytes += n as u64;
+                            }
+                        }
+                        Err(_) => acc.totals.send_errors += 1,
+                    }
+                }
+            }
             (Kind::Publisher(_), RtcpPacket::TransportCc { .. }) => acc.totals.twcc_in += 1,
             _ => {}
         }
@@ -897,6 +985,22 @@ fn send_media(
         None => media::write_opus_payload(&mut out[hl..], &probe),
     };
     let Ok(pl) = written else { return };
+    if video {
+        if let Some(h) = p.rtx.get_mut(layer) {
+            h.keep(s.seq, &out[..hl + pl]);
+        }
+        if acc.loss_threshold > 0 {
+            acc.rng ^= acc.rng << 13;
+            acc.rng ^= acc.rng >> 7;
+            acc.rng ^= acc.rng << 17;
+            if ((acc.rng >> 32) as u32) < acc.loss_threshold {
+                s.packets = s.packets.wrapping_add(1);
+                s.octets = s.octets.wrapping_add(pl as u32);
+                acc.totals.publisher_dropped += 1;
+                return;
+            }
+        }
+    }
     s.packets = s.packets.wrapping_add(1);
     s.octets = s.octets.wrapping_add(pl as u32);
     match ep.tx.protect_rtp(out, hl + pl) {
@@ -1384,6 +1488,8 @@ pub fn run(cfg: IoConfig, ctrl: Receiver<Ctrl>, live: Arc<Live>) -> std::io::Res
             base,
             out: [0; 1600],
             twcc_interval: cfg.twcc_interval,
+            loss_threshold: (cfg.publisher_loss.clamp(0.0, 0.5) * f64::from(u32::MAX)) as u32,
+            rng: 0x9E37_79B9_7F4A_7C15,
         },
         cfg,
     };
@@ -1442,6 +1548,31 @@ pub fn run(cfg: IoConfig, ctrl: Receiver<Ctrl>, live: Arc<Live>) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NACKed packet comes back byte for byte while it is in the history; an older one that
+    /// its slot was reused for, a never-sent one and an oversized one are misses.
+    #[test]
+    fn rtx_history_answers_recent_packets_only() {
+        let mut h = RtxHistory::new();
+        let pkt = |seq: u16| -> Vec<u8> { (0..100u16).map(|i| (i ^ seq) as u8).collect() };
+        for seq in 65_000u16..=65_535 {
+            h.keep(seq, &pkt(seq));
+        }
+        for seq in 0u16..300 {
+            h.keep(seq, &pkt(seq)); // wraps: 0..300 reuse the slots of 65 024..65 323
+        }
+        assert_eq!(h.get(299), Some(pkt(299).as_slice()));
+        assert_eq!(h.get(0), Some(pkt(0).as_slice()));
+        assert_eq!(
+            h.get(65_535),
+            Some(pkt(65_535).as_slice()),
+            "not overwritten yet"
+        );
+        assert_eq!(h.get(65_100), None, "its slot now holds seq 76");
+        assert_eq!(h.get(700), None, "never sent");
+        h.keep(1000, &[0u8; RTX_SLOT + 1]);
+        assert_eq!(h.get(1000), None, "too large to keep");
+    }
 
     #[test]
     fn sequence_tracking_counts_gaps_duplicates_reorder_and_wrap() {

@@ -83,6 +83,10 @@ struct Cli {
     /// Audience scenario: mean seconds between one viewer's chat messages (Poisson).
     #[arg(long, default_value_t = 60.0)]
     chat_every_s: f64,
+    /// Percent of publishers' video packets lost on the uplink (dropped before sending; the
+    /// server's NACKs are answered from the publisher's history, like a browser), 0..=50.
+    #[arg(long, default_value_t = 0.0)]
+    publisher_loss: f64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -90,6 +94,12 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let c = Cli::parse();
+    if !(0.0..=50.0).contains(&c.publisher_loss) {
+        anyhow::bail!(
+            "--publisher-loss {}: must be a percentage from 0 to 50",
+            c.publisher_loss
+        );
+    }
     let cfg = RunConfig {
         target: c.target,
         url: c.url,
@@ -114,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         layer: c.layer,
         reaction_every_s: c.reaction_every_s,
         chat_every_s: c.chat_every_s,
+        publisher_loss: (c.publisher_loss / 100.0).clamp(0.0, 0.5),
     };
     if cfg.scenario == Scenario::Audience {
         let r = ils_load::ws::run_audience(&cfg)?;

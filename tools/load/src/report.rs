@@ -97,6 +97,13 @@ pub fn markdown(r: &RunResult) -> String {
             ),
         ),
         (
+            "publisher: NACKs in / retransmitted / not in history / dropped on purpose",
+            format!(
+                "{} / {} / {} / {}",
+                t.nacks_in, t.retransmits_sent, t.retransmit_misses, t.publisher_dropped
+            ),
+        ),
+        (
             "consent checks sent / answered",
             format!("{} / {}", t.consent_sent, t.consent_ok),
         ),

@@ -104,6 +104,9 @@ pub struct RunConfig {
     pub reaction_every_s: f64,
     /// Audience scenario: mean seconds between one viewer's chat messages (Poisson). Default 60.
     pub chat_every_s: f64,
+    /// Fraction of publishers' video packets lost on their way to the server (dropped by the
+    /// tool before sending; answered from the NACK history like a browser). 0..=0.5. Default 0.
+    pub publisher_loss: f64,
 }
 
 impl Default for RunConfig {
@@ -132,6 +135,7 @@ impl Default for RunConfig {
             layer: 1,
             reaction_every_s: 10.0,
             chat_every_s: 60.0,
+            publisher_loss: 0.0,
         }
     }
 }
@@ -363,6 +367,7 @@ pub fn run(cfg: &RunConfig) -> anyhow::Result<(RunResult, Histogram<u64>)> {
         } else {
             cfg.viewers + hosts
         },
+        publisher_loss: cfg.publisher_loss,
     };
     let live2 = live.clone();
     let io_thread = std::thread::Builder::new()
