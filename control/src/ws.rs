@@ -508,6 +508,9 @@ struct PMedia {
     subscriber: Option<Sub>,
     /// `renegotiate` requests sent, per [`PcKind`]: (window start ms, count in the window).
     renegotiations: [(u64, u32); 2],
+    /// Per [`PcKind`]: the `renegotiate` (or give-up `error`) for a connection lost while the
+    /// participant was detached, sent when it resumes.
+    undelivered: [Option<ServerMsg>; 2],
 }
 
 impl PMedia {
@@ -545,9 +548,12 @@ pub(crate) struct Core {
     audio: AudioRank,
     /// Audio track handles registered in [`Hub`]'s track index by this session.
     audio_tracks: Vec<u32>,
-    /// Participants whose socket dropped, waiting to resume: pid → the dropped socket's epoch
-    /// (the grace task removes the participant only if it is still this detachment).
+    /// Participants whose socket dropped, waiting to resume: pid → deadline (session ms).
     detached: HashMap<Pid, u64>,
+    /// The same deadlines in the order they were set (the grace is one value, so this is
+    /// deadline order): `run_ticks` pops the expired ones, skipping entries that a resume or a
+    /// newer drop replaced. At most one entry per detachment.
+    detach_queue: std::collections::VecDeque<(u64, Pid)>,
 }
 
 /// One ILS session (named like its room): core, media and fan-out channels.
@@ -582,6 +588,7 @@ impl IlsRoom {
                 session: Session::new(SessionConfig::default()),
                 media: HashMap::new(),
                 detached: HashMap::new(),
+                detach_queue: std::collections::VecDeque::new(),
                 audio: AudioRank::default(),
                 audio_tracks: Vec::new(),
             }),
@@ -822,6 +829,32 @@ async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
             return; // replaced by an admin create: its counters were retired there
         }
         let mut core = r.core.lock().await;
+        let now = r.now_ms();
+        // Detached participants whose resume grace ended leave (RELIABILITY F7).
+        let mut expired = Vec::new();
+        while let Some(&(deadline, pid)) = core.detach_queue.front() {
+            if deadline > now {
+                break;
+            }
+            core.detach_queue.pop_front();
+            if core.detached.get(&pid) == Some(&deadline) {
+                core.detached.remove(&pid);
+                let o = core.session.leave(now, pid);
+                expired.push((o, core.media.remove(&pid)));
+            }
+        }
+        if !expired.is_empty() {
+            drop(core);
+            app.ils
+                .counters
+                .resume_expired
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            for (o, media) in expired {
+                drop_media(&app, media).await;
+                run_outcome(&app, &r, o).await;
+            }
+            core = r.core.lock().await;
+        }
         let o = core.session.tick(r.now_ms());
         let gone = if core.session.is_ended() {
             idle_since.get_or_insert_with(Instant::now).elapsed() > ENDED_KEEP
@@ -1013,7 +1046,16 @@ pub async fn media_gone(app: &Arc<App>, room: &str, id: &str, cause: MediaLoss) 
             None,
         )
     };
-    r.send_msg(c, pid, msg);
+    let attached = r.handles.lock().is_ok_and(|h| h.contains_key(&pid));
+    if attached {
+        r.send_msg(c, pid, msg);
+    } else {
+        // Detached (its socket dropped): told when it resumes, right after its `welcome`.
+        let mut core = r.core.lock().await;
+        if let Some(m) = core.media.get_mut(&pid) {
+            m.undelivered[kind as usize] = Some(msg);
+        }
+    }
     run_outcome(app, &r, o).await;
 }
 
@@ -1743,14 +1785,14 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
         }
     }
     let mut last_slots = None;
+    let mut undelivered = Vec::new();
     if was_resumed {
         core.detached.remove(&pid);
         app.ils.counters.resumed.fetch_add(1, Ordering::Relaxed);
-        last_slots = core
-            .media
-            .get(&pid)
-            .and_then(|m| m.subscriber.as_ref())
-            .and_then(|s| s.last.clone());
+        if let Some(m) = core.media.get_mut(&pid) {
+            last_slots = m.subscriber.as_ref().and_then(|s| s.last.clone());
+            undelivered.extend(m.undelivered.iter_mut().filter_map(Option::take));
+        }
     } else {
         core.media.insert(
             pid,
@@ -1778,6 +1820,9 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
         {
             let _ = h.try_send(Direct::Frame(Arc::new(f)));
         }
+    }
+    for m in undelivered {
+        room.send_msg(&app.ils.counters, pid, m);
     }
     tracing::debug!(room = %room.name, %pid, resumed = was_resumed, "joined /ws");
 
@@ -1916,28 +1961,14 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
         && claims.identity.is_some()
         && core.session.role_place(pid).is_some();
     if resumable {
-        core.detached.insert(pid, epoch);
+        let deadline = room
+            .now_ms()
+            .saturating_add(app.settings.resume_grace_secs.saturating_mul(1000));
+        core.detached.insert(pid, deadline);
+        core.detach_queue.push_back((deadline, pid));
         drop(core);
         app.ils.counters.detached.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(room = %room.name, %pid, "socket dropped; held for resume");
-        let (app, room) = (Arc::clone(app), Arc::clone(&room));
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let mut core = room.core.lock().await;
-            if core.detached.get(&pid) != Some(&epoch) {
-                return; // resumed (or resumed and dropped again: a newer grace task owns it)
-            }
-            core.detached.remove(&pid);
-            app.ils
-                .counters
-                .resume_expired
-                .fetch_add(1, Ordering::Relaxed);
-            let o = core.session.leave(room.now_ms(), pid);
-            let media = core.media.remove(&pid);
-            drop(core);
-            drop_media(&app, media).await;
-            run_outcome(&app, &room, o).await;
-        });
         return;
     }
     // The participant leaves (no-op if the session already removed it).

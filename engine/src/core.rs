@@ -754,12 +754,22 @@ impl Core {
             }
         }
         if want_keyframe {
-            self.request_keyframe(now, track_id, layer, tx);
+            self.request_keyframe(now, track_id, layer, true, tx);
         }
     }
 
-    /// Ask the publisher of `track` for a keyframe of `layer` (coalesced at home).
-    fn request_keyframe(&mut self, now: Instant, track_id: u32, layer: u8, tx: &mut TxBatch) {
+    /// Ask the publisher of `track` for a keyframe of `layer` (coalesced at home). `urgent`: the
+    /// engine's own need (a leg starting on or switching to this stream, a control command),
+    /// spaced by `URGENT_KEYFRAME_REQUEST_SPACING`; otherwise a subscriber's PLI/FIR, spaced by
+    /// the keyframe interval (RELIABILITY B6).
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        track_id: u32,
+        layer: u8,
+        urgent: bool,
+        tx: &mut TxBatch,
+    ) {
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
@@ -772,6 +782,7 @@ impl Core {
             let msg = XMsg::KeyframeRequest {
                 track: track_id,
                 layer,
+                urgent,
             };
             match self.mesh.queue(me, home).map(|q| q.push(msg)) {
                 Some(Ok(())) => self.wakes |= 1 << home,
@@ -780,7 +791,8 @@ impl Core {
             return;
         }
         let li = usize::from(layer).min(MAX_LAYERS - 1);
-        if track.layers[li].keyframes.request(now) {
+        let k = &mut track.layers[li].keyframes;
+        if if urgent { k.request_urgent(now) } else { k.request(now) } {
             self.send_pli(track_id, layer, tx);
         } else {
             self.counters.inc(Counter::KeyframeRequestsCoalesced);
@@ -870,7 +882,7 @@ impl Core {
                         leg.track,
                         leg.rw.current_layer().unwrap_or(leg.rw.target_layer()),
                     );
-                    self.request_keyframe(now, track, layer, tx);
+                    self.request_keyframe(now, track, layer, false, tx);
                 }
             }
         }
@@ -1066,8 +1078,12 @@ impl Core {
                     *mask &= !bit;
                 }
             }
-            XMsg::KeyframeRequest { track, layer } => {
-                self.request_keyframe(now, track, layer, tx);
+            XMsg::KeyframeRequest {
+                track,
+                layer,
+                urgent,
+            } => {
+                self.request_keyframe(now, track, layer, urgent, tx);
             }
             XMsg::SenderReport {
                 track,
@@ -1269,7 +1285,7 @@ impl Core {
                     l.track
                 };
                 self.ensure_cache(track_id, layer);
-                self.request_keyframe(now, track_id, layer, tx);
+                self.request_keyframe(now, track_id, layer, true, tx);
                 Ok(())
             }
             Command::RequestKeyframe { track, layer } => {
@@ -1279,7 +1295,7 @@ impl Core {
                 if !self.tracks.contains_key(&track) {
                     return Err(RejectReason::UnknownTrack);
                 }
-                self.request_keyframe(now, track, layer, tx);
+                self.request_keyframe(now, track, layer, true, tx);
                 Ok(())
             }
             Command::DumpState => {

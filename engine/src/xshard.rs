@@ -76,6 +76,8 @@ pub enum XMsg {
         track: u32,
         /// Encoding index.
         layer: u8,
+        /// The engine's own need (a starting leg), not a subscriber's PLI/FIR.
+        urgent: bool,
     },
 }
 

@@ -284,6 +284,51 @@ fn select_layer_asks_the_publisher_for_a_keyframe() {
     assert_eq!(plis(&h.pub_rtcp(&sent)), vec![PUB_SSRC[2]]);
 }
 
+/// A subscriber's PLI starts the 1 s keyframe interval of layer 2; a leg switched to layer 2
+/// 300 ms later (a viewer brought to a bigger slot, a stage move) must not wait for that
+/// interval: its request goes out at once (URGENT_KEYFRAME_REQUEST_SPACING), while a second
+/// subscriber PLI inside the interval is still coalesced (RELIABILITY B6).
+#[test]
+fn a_starting_leg_is_not_held_back_by_a_recent_subscriber_pli() {
+    let mut h = Harness::connected(2, 0, false);
+    h.publish_frame(0, [true; 3]);
+    h.advance(Duration::from_secs(3));
+    h.timeout();
+    h.cmd_ok(&Command::SelectLayer {
+        leg: leg_id(1),
+        layer: 2,
+    });
+    h.publish_frame(1, [true; 3]); // leg 1 switches to layer 2 at this keyframe
+    h.advance(Duration::from_secs(2));
+    h.timeout();
+    h.tx.clear();
+    let pli_from = |h: &mut Harness, i: usize| {
+        let mut b = [0u8; 12];
+        rtcpw::write_pli(&mut b, 0xABCD, leg_ssrc(i)).unwrap();
+        let srtcp = h.subs[i].protect_rtcp(&b);
+        let addr = h.subs[i].addr;
+        h.datagram(addr, &srtcp);
+    };
+    pli_from(&mut h, 1);
+    let sent = h.take_sent();
+    assert_eq!(plis(&h.pub_rtcp(&sent)), vec![PUB_SSRC[2]], "the PLI goes up");
+    h.advance(Duration::from_millis(300));
+    h.timeout();
+    pli_from(&mut h, 1);
+    let sent = h.take_sent();
+    assert!(plis(&h.pub_rtcp(&sent)).is_empty(), "a second PLI waits for the interval");
+    h.cmd_ok(&Command::SelectLayer {
+        leg: leg_id(0),
+        layer: 2,
+    });
+    let sent = h.take_sent();
+    assert_eq!(
+        plis(&h.pub_rtcp(&sent)),
+        vec![PUB_SSRC[2]],
+        "the switching leg's request is not held back by the interval"
+    );
+}
+
 #[test]
 fn consent_loss_stops_all_sending_to_the_transport() {
     let mut h = Harness::connected(2, 0, false);

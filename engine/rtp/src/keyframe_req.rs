@@ -7,53 +7,73 @@ use std::time::{Duration, Instant};
 /// Bounds PLI/FIR floods from subscribers (1000/s in → ≤ 1/s out) and publisher encoder load.
 pub const DEFAULT_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Minimum spacing of *engine-originated* keyframe requests for one stream: a leg that starts
+/// or switches to this stream (a viewer joins, a participant is brought on stage, a slot changes
+/// layer) needs a keyframe now, not up to a full [`DEFAULT_KEYFRAME_REQUEST_INTERVAL`] later.
+/// Default 250 ms. These come from control's commands (joins, stage moves, `slot_size`, all
+/// rate-limited there), never from a subscriber's RTCP, so a PLI/FIR flood still gets at most
+/// one request per interval (RELIABILITY B6); a join ramp or slot changes cost the publisher at
+/// most 4 keyframes per second per stream.
+pub const URGENT_KEYFRAME_REQUEST_SPACING: Duration = Duration::from_millis(250);
+
 /// Coalesces PLI/FIR requests from many subscribers to at most one request per stream per interval.
 #[derive(Debug, Clone)]
 pub struct KeyframeRequestCoalescer {
     interval: Duration,
+    urgent_spacing: Duration,
     last_sent: Option<Instant>,
-    pending: bool,
+    /// A remembered request: when it may be sent.
+    pending: Option<Instant>,
 }
 
 impl KeyframeRequestCoalescer {
-    /// New coalescer allowing one request per `interval`.
+    /// New coalescer allowing one subscriber request per `interval` and one engine request per
+    /// `min(interval, URGENT_KEYFRAME_REQUEST_SPACING)`.
     pub fn new(interval: Duration) -> Self {
         KeyframeRequestCoalescer {
             interval,
+            urgent_spacing: interval.min(URGENT_KEYFRAME_REQUEST_SPACING),
             last_sent: None,
-            pending: false,
+            pending: None,
         }
     }
 
-    fn may_send(&self, now: Instant) -> bool {
-        match self.last_sent {
-            None => true,
-            Some(t) => now.saturating_duration_since(t) >= self.interval,
-        }
-    }
-
-    /// A subscriber (or the engine) wants a keyframe. Returns true if a request must be sent to the publisher now.
-    /// A request arriving inside the interval is remembered and fires from poll() when the interval ends (so it is not lost).
-    pub fn request(&mut self, now: Instant) -> bool {
-        if self.may_send(now) {
+    fn ask(&mut self, now: Instant, spacing: Duration) -> bool {
+        let due = match self.last_sent {
+            None => now,
+            Some(t) => t.checked_add(spacing).unwrap_or(t),
+        };
+        if due <= now {
             self.last_sent = Some(now);
-            self.pending = false;
+            self.pending = None;
             true
         } else {
-            self.pending = true;
+            self.pending = Some(self.pending.map_or(due, |p| p.min(due)));
             false
         }
     }
 
+    /// A subscriber (PLI/FIR) wants a keyframe. Returns true if a request must be sent to the publisher now.
+    /// A request arriving inside the interval is remembered and fires from poll() when the interval ends (so it is not lost).
+    pub fn request(&mut self, now: Instant) -> bool {
+        self.ask(now, self.interval)
+    }
+
+    /// The engine needs a keyframe for a leg that starts or switches to this stream: like
+    /// [`Self::request`] with the shorter [`URGENT_KEYFRAME_REQUEST_SPACING`].
+    pub fn request_urgent(&mut self, now: Instant) -> bool {
+        self.ask(now, self.urgent_spacing)
+    }
+
     /// A keyframe arrived: a pending request is satisfied and will not fire.
     pub fn on_keyframe(&mut self, _now: Instant) {
-        self.pending = false;
+        self.pending = None;
     }
 
     /// True if a remembered request must be sent now (its interval has ended).
     pub fn poll(&mut self, now: Instant) -> bool {
-        if self.pending && self.may_send(now) {
-            self.pending = false;
+        if self.pending.is_some_and(|due| due <= now) {
+            self.pending = None;
             self.last_sent = Some(now);
             true
         } else {
@@ -63,17 +83,12 @@ impl KeyframeRequestCoalescer {
 
     /// When [`Self::poll`] will next return true, if a request is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.pending {
-            return None;
-        }
-        // `pending` is only set while `last_sent` is Some.
-        self.last_sent
-            .map(|t| t.checked_add(self.interval).unwrap_or(t))
+        self.pending
     }
 
     /// True if a request is waiting for the interval to end.
     pub fn is_pending(&self) -> bool {
-        self.pending
+        self.pending.is_some()
     }
 }
 
@@ -120,6 +135,36 @@ mod tests {
         assert!(c.poll(t0 + Duration::from_secs(1)));
         // the fired poll restarts the interval
         assert!(!c.request(t0 + Duration::from_millis(1499)));
+    }
+
+    /// A leg that needs a keyframe 300 ms after a subscriber's PLI gets it asked at once (not
+    /// 1 s later); a PLI flood still gets one request per interval; urgent requests are spaced.
+    #[test]
+    fn urgent_requests_use_the_short_spacing() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = KeyframeRequestCoalescer::new(DEFAULT_KEYFRAME_REQUEST_INTERVAL);
+        assert!(c.request(t0));
+        assert!(!c.request(t0 + ms(300)), "a PLI inside the interval waits");
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(1000)));
+        assert!(c.request_urgent(t0 + ms(300)), "a starting leg does not wait for the interval");
+        assert!(!c.is_pending(), "the urgent request covers the pending PLI");
+        assert!(!c.request_urgent(t0 + ms(400)));
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(550)));
+        assert!(!c.request(t0 + ms(450)), "a PLI does not pull the urgent one later");
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(550)));
+        assert!(c.poll(t0 + ms(550)));
+        // a subscriber flood after that: one request per interval, counted from the last one
+        let mut sent = 0;
+        for i in 1..=99u32 {
+            let now = t0 + ms(550) + ms(10) * i;
+            sent += u32::from(c.request(now)) + u32::from(c.poll(now));
+        }
+        assert_eq!(sent, 0);
+        assert_eq!(c.poll_timeout(), Some(t0 + ms(1550)));
+        // a keyframe satisfies whatever is pending
+        c.on_keyframe(t0 + ms(1500));
+        assert!(!c.poll(t0 + ms(2000)));
     }
 
     #[test]
