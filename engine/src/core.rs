@@ -792,7 +792,12 @@ impl Core {
         }
         let li = usize::from(layer).min(MAX_LAYERS - 1);
         let k = &mut track.layers[li].keyframes;
-        if if urgent { k.request_urgent(now) } else { k.request(now) } {
+        let send = if urgent {
+            k.request_urgent(now)
+        } else {
+            k.request(now)
+        };
+        if send {
             self.send_pli(track_id, layer, tx);
         } else {
             self.counters.inc(Counter::KeyframeRequestsCoalesced);

@@ -311,12 +311,19 @@ fn a_starting_leg_is_not_held_back_by_a_recent_subscriber_pli() {
     };
     pli_from(&mut h, 1);
     let sent = h.take_sent();
-    assert_eq!(plis(&h.pub_rtcp(&sent)), vec![PUB_SSRC[2]], "the PLI goes up");
+    assert_eq!(
+        plis(&h.pub_rtcp(&sent)),
+        vec![PUB_SSRC[2]],
+        "the PLI goes up"
+    );
     h.advance(Duration::from_millis(300));
     h.timeout();
     pli_from(&mut h, 1);
     let sent = h.take_sent();
-    assert!(plis(&h.pub_rtcp(&sent)).is_empty(), "a second PLI waits for the interval");
+    assert!(
+        plis(&h.pub_rtcp(&sent)).is_empty(),
+        "a second PLI waits for the interval"
+    );
     h.cmd_ok(&Command::SelectLayer {
         leg: leg_id(0),
         layer: 2,

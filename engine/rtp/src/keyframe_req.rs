@@ -147,11 +147,17 @@ mod tests {
         assert!(c.request(t0));
         assert!(!c.request(t0 + ms(300)), "a PLI inside the interval waits");
         assert_eq!(c.poll_timeout(), Some(t0 + ms(1000)));
-        assert!(c.request_urgent(t0 + ms(300)), "a starting leg does not wait for the interval");
+        assert!(
+            c.request_urgent(t0 + ms(300)),
+            "a starting leg does not wait for the interval"
+        );
         assert!(!c.is_pending(), "the urgent request covers the pending PLI");
         assert!(!c.request_urgent(t0 + ms(400)));
         assert_eq!(c.poll_timeout(), Some(t0 + ms(550)));
-        assert!(!c.request(t0 + ms(450)), "a PLI does not pull the urgent one later");
+        assert!(
+            !c.request(t0 + ms(450)),
+            "a PLI does not pull the urgent one later"
+        );
         assert_eq!(c.poll_timeout(), Some(t0 + ms(550)));
         assert!(c.poll(t0 + ms(550)));
         // a subscriber flood after that: one request per interval, counted from the last one
