@@ -167,6 +167,13 @@ fn four_hosts_conference_over_ws_slots() {
         .sum();
     assert!(video > 4.0 * 3.0 * 20.0, "only {video} video packets");
     assert!(num(&r["latency"], "count") > 0.0);
+    // Like a browser, every receiving slot (3 video + 3 audio here) is reported in the RRs,
+    // not only the first audio and video stream.
+    let blocks_per_rr = num(t, "rr_blocks_sent") / num(t, "rr_sent").max(1.0);
+    assert!(
+        blocks_per_rr > 4.0,
+        "{blocks_per_rr:.1} report blocks per RR: not every slot is reported"
+    );
     assert!(
         r["ws_messages"]["slots"].as_f64().unwrap_or(0.0) >= 4.0,
         "no slots announced: {}",

@@ -200,6 +200,8 @@ pub struct IoTotals {
     pub sr_sent: u64,
     /// NACK packets sent by viewers.
     pub nacks_sent: u64,
+    /// Report blocks in the viewers' RRs (one per stream that has received, every RR).
+    pub rr_blocks_sent: u64,
     /// PLIs sent by viewers.
     pub plis_sent: u64,
     /// Transport-cc feedback packets sent by viewers.
@@ -263,6 +265,8 @@ struct RxStream {
     nack: [u16; MAX_NACK_PENDING],
     nack_len: usize,
     nack_since: u64,
+    /// Video: no keyframe since the stream started or a loss was given up on (PLI due).
+    need_keyframe: bool,
 }
 
 enum SeqResult {
@@ -289,6 +293,7 @@ impl RxStream {
             nack: [0; MAX_NACK_PENDING],
             nack_len: 0,
             nack_since: 0,
+            need_keyframe: video,
         }
     }
 
@@ -365,14 +370,14 @@ struct Viewer {
     video: Option<RxStream>,
     /// Further receive slots (a `/ws` subscriber's m-lines after its first audio and first
     /// video), one stream per answered SSRC; allocated at setup, at most [`sdp::MAX_MEDIA`].
-    /// Loss, order and latency are measured on them; NACK/RR/PLI go to the first two only.
+    /// Loss, order and latency are measured on them, and they get RR blocks, NACKs and PLIs
+    /// like the first two (a browser's receivers do the same per m-line).
     extra: Vec<RxStream>,
     rtx_pt: Option<u8>,
     twcc: Option<(u8, TwccRecorder)>,
     next_rr: u64,
     next_twcc: u64,
     next_pli: u64,
-    need_keyframe: bool,
     got_media: bool,
     added_ns: u64,
 }
@@ -534,7 +539,6 @@ impl Io {
                 };
                 Kind::Viewer(Box::new(Viewer {
                     sender_ssrc,
-                    need_keyframe: video.is_some(),
                     audio,
                     video,
                     extra,
@@ -686,22 +690,41 @@ fn send_rtcp(ep: &mut Endpoint, acc: &mut Acc, len: usize) -> bool {
     }
 }
 
-fn send_nack(ep: &mut Endpoint, acc: &mut Acc) {
+/// NACKs for the video stream `only` (its list just grew), or with `None` for every video
+/// stream that still has missing packets (the retry at each RR).
+fn send_nack(ep: &mut Endpoint, acc: &mut Acc, only: Option<u32>) {
     let Kind::Viewer(v) = &mut ep.kind else {
         return;
     };
-    let Some(vs) = v.video.as_ref() else { return };
-    if vs.nack_len == 0 {
-        return;
-    }
-    let mut lost = [0u16; MAX_NACK_PENDING];
-    lost[..vs.nack_len].copy_from_slice(&vs.nack[..vs.nack_len]);
-    let (n, sender, media) = (vs.nack_len, v.sender_ssrc, vs.ssrc);
-    if let Ok(len) = rtcp::write_nack(&mut acc.out, sender, media, &lost[..n]) {
-        if send_rtcp(ep, acc, len) {
-            acc.totals.nacks_sent += 1;
+    let sender = v.sender_ssrc;
+    // Copied out first (on the stack: no allocation per loss): the send below needs the
+    // endpoint whose streams these are.
+    let mut todo = [(0u32, [0u16; MAX_NACK_PENDING], 0usize); sdp::MAX_MEDIA + 2];
+    let mut t = 0;
+    for vs in viewer_streams(v).filter(|s| s.video && s.nack_len > 0) {
+        if only.is_none_or(|o| o == vs.ssrc) && t < todo.len() {
+            todo[t].0 = vs.ssrc;
+            todo[t].1[..vs.nack_len].copy_from_slice(&vs.nack[..vs.nack_len]);
+            todo[t].2 = vs.nack_len;
+            t += 1;
         }
     }
+    for (media, lost, n) in &todo[..t] {
+        if let Ok(len) = rtcp::write_nack(&mut acc.out, sender, *media, &lost[..*n]) {
+            if send_rtcp(ep, acc, len) {
+                acc.totals.nacks_sent += 1;
+            }
+        }
+    }
+}
+
+/// Every receive stream of a viewer: first audio, first video, then the further slots.
+fn viewer_streams(v: &mut Viewer) -> impl Iterator<Item = &mut RxStream> {
+    v.audio
+        .as_mut()
+        .into_iter()
+        .chain(v.video.as_mut())
+        .chain(v.extra.iter_mut())
 }
 
 fn on_viewer_rtp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], wire_len: usize, now_ns: u64) {
@@ -776,10 +799,11 @@ fn on_viewer_rtp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], wire_len: usize, 
     if !matches!(r, SeqResult::New) {
         return;
     }
+    let ssrc = stream.ssrc;
     let probe = if video {
         media::vp8_probe(body).map(|(p, k)| {
             if k {
-                v.need_keyframe = false;
+                stream.need_keyframe = false;
             }
             p
         })
@@ -803,7 +827,7 @@ fn on_viewer_rtp(ep: &mut Endpoint, acc: &mut Acc, pkt: &[u8], wire_len: usize, 
         }
     }
     if grew && video {
-        send_nack(ep, acc);
+        send_nack(ep, acc, Some(ssrc));
     }
 }
 
@@ -1194,7 +1218,8 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
     let Kind::Viewer(v) = &mut ep.kind else {
         return u64::MAX;
     };
-    // receiver report (and NACK retry / give-up)
+    // receiver reports, one block per stream that has received (31 per RR packet), and the
+    // NACK retry / give-up
     if v.next_rr <= now_ns {
         v.next_rr = now_ns + RR_INTERVAL.as_nanos() as u64;
         let mut blocks = [rtcp::ReportBlock {
@@ -1205,11 +1230,11 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
             jitter: 0,
             lsr: 0,
             dlsr: 0,
-        }; 2];
+        }; sdp::MAX_MEDIA + 2];
         let mut k = 0;
         let mut retry_nack = false;
-        for s in [v.audio.as_mut(), v.video.as_mut()].into_iter().flatten() {
-            if s.first.is_some() {
+        for s in viewer_streams(v) {
+            if s.first.is_some() && k < blocks.len() {
                 blocks[k] = s.stats.report_block(now);
                 k += 1;
             }
@@ -1217,7 +1242,7 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
                 if now_ns.saturating_sub(s.nack_since) > NACK_GIVE_UP.as_nanos() as u64 {
                     s.nack_len = 0;
                     if s.video {
-                        v.need_keyframe = true;
+                        s.need_keyframe = true;
                     }
                 } else {
                     retry_nack |= s.video;
@@ -1225,13 +1250,23 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
             }
         }
         let sender = v.sender_ssrc;
-        if let Ok(len) = rtcp::write_rr(&mut acc.out, sender, &blocks[..k]) {
-            if send_rtcp(ep, acc, len) {
-                acc.totals.rr_sent += 1;
+        // At least one RR (without blocks before anything arrived, as a browser sends).
+        let mut at = 0;
+        loop {
+            let end = (at + rtcp::MAX_REPORT_BLOCKS).min(k);
+            if let Ok(len) = rtcp::write_rr(&mut acc.out, sender, &blocks[at..end]) {
+                if send_rtcp(ep, acc, len) {
+                    acc.totals.rr_sent += 1;
+                    acc.totals.rr_blocks_sent += (end - at) as u64;
+                }
+            }
+            at = end;
+            if at >= k {
+                break;
             }
         }
         if retry_nack {
-            send_nack(ep, acc);
+            send_nack(ep, acc, None);
         }
     }
     // transport-cc feedback
@@ -1266,14 +1301,29 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
             }
         }
     }
-    // PLI while a keyframe is needed
+    // PLI while a keyframe is needed: the first video stream from the start (as before any
+    // packet a browser's decoder waits for one), the further slots once they have received
+    // (an empty slot has no decoder to feed).
     let Kind::Viewer(v) = &mut ep.kind else {
         return u64::MAX;
     };
-    if v.need_keyframe && v.next_pli <= now_ns {
+    let primary = v.video.as_ref().map(|s| s.ssrc);
+    let wants =
+        |s: &RxStream| s.video && s.need_keyframe && (Some(s.ssrc) == primary || s.first.is_some());
+    let any = viewer_streams(v).any(|s| wants(s));
+    if any && v.next_pli <= now_ns {
         v.next_pli = now_ns + PLI_INTERVAL.as_nanos() as u64;
-        if let Some(vs) = v.video.as_ref() {
-            if let Ok(len) = rtcp::write_pli(&mut acc.out, v.sender_ssrc, vs.ssrc) {
+        let sender = v.sender_ssrc;
+        let mut ssrcs = [0u32; sdp::MAX_MEDIA + 2];
+        let mut n = 0;
+        for s in viewer_streams(v).filter(|s| wants(s)) {
+            if n < ssrcs.len() {
+                ssrcs[n] = s.ssrc;
+                n += 1;
+            }
+        }
+        for &media in &ssrcs[..n] {
+            if let Ok(len) = rtcp::write_pli(&mut acc.out, sender, media) {
                 if send_rtcp(ep, acc, len) {
                     acc.totals.plis_sent += 1;
                 }
@@ -1284,7 +1334,7 @@ fn run_viewer(ep: &mut Endpoint, acc: &mut Acc, now_ns: u64) -> u64 {
         return u64::MAX;
     };
     let mut next = v.next_rr.min(v.next_twcc);
-    if v.need_keyframe && v.video.is_some() {
+    if any {
         next = next.min(v.next_pli);
     }
     next
