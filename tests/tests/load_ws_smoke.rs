@@ -166,6 +166,18 @@ fn four_hosts_conference_over_ws_slots() {
         .filter_map(Value::as_f64)
         .sum();
     assert!(video > 4.0 * 3.0 * 20.0, "only {video} video packets");
+    // Each participant's speaker view asks `full` for its spotlight slot and `medium` for the
+    // two grid tiles (`slot_size`): the server forwards layer f and layer h, not q.
+    let layers: Vec<f64> = t["rx_video_by_layer"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(
+        layers.len() == 3 && layers[2] > 0.2 * video && layers[1] > 0.2 * video,
+        "video packets per layer q/h/f {layers:?}: slot sizes not applied"
+    );
     assert!(num(&r["latency"], "count") > 0.0);
     // Like a browser, every receiving slot (3 video + 3 audio here) is reported in the RRs,
     // not only the first audio and video stream.
@@ -173,6 +185,13 @@ fn four_hosts_conference_over_ws_slots() {
     assert!(
         blocks_per_rr > 4.0,
         "{blocks_per_rr:.1} report blocks per RR: not every slot is reported"
+    );
+    assert!(
+        r.get("ws_errors")
+            .and_then(Value::as_object)
+            .is_none_or(|e| e.is_empty()),
+        "refusals (slot_size?): {}",
+        r["ws_errors"]
     );
     assert!(
         r["ws_messages"]["slots"].as_f64().unwrap_or(0.0) >= 4.0,

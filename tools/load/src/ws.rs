@@ -1042,6 +1042,36 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most audio slots a conference participant asks for (the protocol's maximum). Default 8.
 pub const CONFERENCE_AUDIO_SLOTS: usize = 8;
 
+/// Window width, px, of a conference participant's speaker view: slot 0 is the spotlight tile
+/// (the full width), the other video slots a grid below it, as the web app's tiles ask for sizes.
+pub const CONFERENCE_VIEW_PX: usize = 1280;
+
+/// `slot_size` of each of `videos` conference video slots: slot 0 (spotlight) `full`, the
+/// others from their grid tile width with the web app's thresholds (> 640 px full, > 320 px
+/// medium, else thumbnail).
+pub fn conference_sizes(videos: usize) -> Vec<&'static str> {
+    let size = |px: usize| {
+        if px > 640 {
+            "full"
+        } else if px > 320 {
+            "medium"
+        } else {
+            "thumbnail"
+        }
+    };
+    let rest = videos.saturating_sub(1);
+    let cols = (1..=rest.max(1)).find(|c| c * c >= rest).unwrap_or(1);
+    (0..videos)
+        .map(|i| {
+            if i == 0 {
+                size(CONFERENCE_VIEW_PX)
+            } else {
+                size(CONFERENCE_VIEW_PX / cols)
+            }
+        })
+        .collect()
+}
+
 /// Sends `msg` and reads until the reply carrying `rid` (`answer` or `ack`); returns its SDP
 /// (empty for `ack`). Other messages are skipped; an `error` with that rid is an error.
 async fn request(ws: &mut Ws, msg: serde_json::Value, rid: &str) -> anyhow::Result<String> {
@@ -1253,6 +1283,12 @@ pub async fn conference_join(
             let ready = establish_ws(prep, &ans, MediaRole::Viewer { video: true }, 0).await?;
             out.subscriber_join_times.push(ready.join_time);
             add(ready);
+            // Slot sizes as the web app's speaker view asks for them (not awaited, as the app
+            // does not: the socket's reader counts the acks, and the `slots` that follow).
+            for (slot, size) in conference_sizes(nv).into_iter().enumerate() {
+                let m = serde_json::json!({"type": "slot_size", "slot": slot, "size": size});
+                ws.send(Message::Text(m.to_string().into())).await?;
+            }
             Ok(())
         }
         .await;
@@ -1270,6 +1306,20 @@ pub async fn conference_join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conference_sizes_are_a_speaker_view() {
+        assert_eq!(conference_sizes(1), ["full"]);
+        assert_eq!(conference_sizes(2), ["full", "full"]);
+        assert_eq!(conference_sizes(3), ["full", "medium", "medium"]);
+        assert_eq!(
+            conference_sizes(5),
+            ["full", "medium", "medium", "medium", "medium"]
+        );
+        let big = conference_sizes(24);
+        assert_eq!(big[0], "full");
+        assert!(big[1..].iter().all(|s| *s == "thumbnail"), "{big:?}");
+    }
 
     #[test]
     fn chat_timestamp_round_trips() {
