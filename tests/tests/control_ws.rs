@@ -154,14 +154,7 @@ async fn ils_session_over_ws_with_real_media() {
     assert_eq!(mute.close_frame().await.0, 1000);
 
     // ---- media: the host publishes real SRTP; the viewer subscribes with fixed slots ----
-    let mut hp = TestPeer::new("hostufrag", "hostpassword0123456789ab").expect("peer");
-    host.send(json!({"type": "publish", "sdp": publisher_offer(&hp, "hostufrag", "hostpassword0123456789ab"), "rid": "pub"}))
-        .await;
-    let a = host.expect("answer", |v| v["rid"] == "pub").await;
-    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
-    let hp = Arc::new(hp);
-    let sending = Arc::new(AtomicBool::new(true));
-    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&sending));
+    let sender = publish_and_send(&mut host, "hostufrag", "hostpassword0123456789ab", "pub").await;
     let pinfo = prod
         .expect("participant", |v| {
             v["id"] == host_id && v["publishing"] == true
@@ -366,46 +359,77 @@ async fn ils_session_over_ws_with_real_media() {
     assert_eq!(request(addr, "POST", &create, &[auth_h], "").status, 409);
     let (_again, w) = join(addr, &token(room, Role::Viewer, "late", None)).await;
     assert_eq!(w["you"]["place"], "audience");
-    sending.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    sender.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// Sends 20 ms audio + video RTP from `peer` until `run` is cleared.
-fn spawn_sender(peer: Arc<TestPeer>, run: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut seq = 0u16;
-        while run.load(Ordering::Relaxed) {
-            for (pt, ssrc) in [(111u8, AUDIO_SSRC), (96, VIDEO_SSRC)] {
-                let p = rtp::packet::Packet {
-                    header: rtp::header::Header {
-                        version: 2,
-                        payload_type: pt,
-                        sequence_number: seq,
-                        timestamp: u32::from(seq) * 960,
-                        ssrc,
-                        marker: pt == 96,
-                        ..Default::default()
-                    },
-                    payload: bytes::Bytes::from_static(&[0x90, 0x80, 0, 1, 2, 3, 4, 5]),
-                };
-                let _ = peer.send_rtp(&p).await;
+/// A publisher peer's media: 20 ms audio + video RTP until [`Sender::stop`].
+struct Sender {
+    run: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    fn start(peer: Arc<TestPeer>) -> Sender {
+        let run = Arc::new(AtomicBool::new(true));
+        let go = Arc::clone(&run);
+        let task = tokio::spawn(async move {
+            let mut seq = 0u16;
+            while go.load(Ordering::Relaxed) {
+                for (pt, ssrc) in [(111u8, AUDIO_SSRC), (96, VIDEO_SSRC)] {
+                    let p = rtp::packet::Packet {
+                        header: rtp::header::Header {
+                            version: 2,
+                            payload_type: pt,
+                            sequence_number: seq,
+                            timestamp: u32::from(seq) * 960,
+                            ssrc,
+                            marker: pt == 96,
+                            ..Default::default()
+                        },
+                        payload: bytes::Bytes::from_static(&[0x90, 0x80, 0, 1, 2, 3, 4, 5]),
+                    };
+                    let _ = peer.send_rtp(&p).await;
+                }
+                seq = seq.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            seq = seq.wrapping_add(1);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+        });
+        Sender { run, task }
+    }
+
+    async fn stop(self) {
+        self.run.store(false, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+/// `c` publishes from a new peer (`publish` with `rid`, ICE + DTLS with the engine) and the peer
+/// starts sending media.
+async fn publish_and_send(c: &mut Client, ufrag: &str, pwd: &str, rid: &str) -> Sender {
+    let mut p = TestPeer::new(ufrag, pwd).expect("peer");
+    c.send(json!({"type": "publish", "sdp": publisher_offer(&p, ufrag, pwd), "rid": rid}))
+        .await;
+    let a = c.expect("answer", |v| v["rid"] == rid).await;
+    connect_peer(&mut p, a["sdp"].as_str().expect("sdp")).await;
+    Sender::start(Arc::new(p))
+}
+
+/// `c` subscribes from a new peer with one video and one audio slot (`subscribe` with `rid`).
+async fn subscribe_peer(c: &mut Client, ufrag: &str, rid: &str) -> TestPeer {
+    let pwd = format!("{ufrag}password0123456789ab");
+    let mut p = TestPeer::new(ufrag, &pwd).expect("peer");
+    c.send(json!({"type": "subscribe", "sdp": subscriber_offer(&p, ufrag, &pwd), "video_slots": 1, "audio_slots": 1, "rid": rid}))
+        .await;
+    let a = c.expect("answer", |v| v["rid"] == rid).await;
+    connect_peer(&mut p, a["sdp"].as_str().expect("sdp")).await;
+    p
 }
 
 /// Join with a receiving connection of one video and one audio slot.
 async fn subscribed(addr: SocketAddr, tok: &str, ufrag: &str) -> (Client, Value, TestPeer) {
     let (mut c, w) = join(addr, tok).await;
-    let pwd = format!("{ufrag}password0123456789ab");
-    let mut p = TestPeer::new(ufrag, &pwd).expect("peer");
-    c.send(json!({"type": "subscribe", "sdp": subscriber_offer(&p, ufrag, &pwd), "video_slots": 1, "audio_slots": 1, "rid": "sub"}))
-        .await;
-    let a = c.expect("answer", |v| v["rid"] == "sub").await;
-    connect_peer(&mut p, a["sdp"].as_str().expect("sdp")).await;
+    let p = subscribe_peer(&mut c, ufrag, "sub").await;
     (c, w, p)
 }
 
@@ -451,9 +475,7 @@ async fn invited_viewer_publishes_into_the_green_room_and_is_removed() {
         .await;
     let a = guest.expect("answer", |v| v["rid"] == "p1").await;
     connect_peer(&mut gp, a["sdp"].as_str().expect("sdp")).await;
-    let gp = Arc::new(gp);
-    let run = Arc::new(AtomicBool::new(true));
-    let sender = spawn_sender(Arc::clone(&gp), Arc::clone(&run));
+    let sender = Sender::start(Arc::new(gp));
 
     // green room: the producer sees and hears the guest, the audience does not
     prod.expect("slots", |v| slot_participant(v, "video") == guest_id)
@@ -493,8 +515,7 @@ async fn invited_viewer_publishes_into_the_green_room_and_is_removed() {
         .send(json!({"type": "hello", "v": 1, "token": token(room, Role::Viewer, "guest", None)}))
         .await;
     assert_eq!(again.expect("error", |_| true).await["code"], "removed");
-    run.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    sender.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -614,14 +635,7 @@ async fn engine_restart_renegotiates_and_media_resumes_on_stage() {
     .await;
 
     let (hu, hpw) = ("hostufrag", "hostpassword0123456789ab");
-    let publish = |peer: &TestPeer, rid: &str| json!({"type": "publish", "sdp": publisher_offer(peer, hu, hpw), "rid": rid});
-    let mut hp = TestPeer::new(hu, hpw).expect("peer");
-    host.send(publish(&hp, "p1")).await;
-    let a = host.expect("answer", |v| v["rid"] == "p1").await;
-    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
-    let hp = Arc::new(hp);
-    let run = Arc::new(AtomicBool::new(true));
-    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
+    let sender = publish_and_send(&mut host, hu, hpw, "p1").await;
     prod.send(json!({"type": "move", "participant": host_id, "to": "stage", "rid": "m"}))
         .await;
     prod.expect("ack", |v| v["rid"] == "m").await;
@@ -650,27 +664,14 @@ async fn engine_restart_renegotiates_and_media_resumes_on_stage() {
         (Some("subscribe"), Some("engine_restart")),
         "{r}"
     );
-    run.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    sender.stop().await;
     let new = engine_pid_of(cpid).expect("a new engine");
     assert_ne!(new, old);
     assert!(ils_tests::http::metric(addr, "ils_ws_renegotiations_total") >= 2);
 
     // ---- the clients make their connections again; places and slots were kept ----
-    let mut hp = TestPeer::new(hu, hpw).expect("peer");
-    host.send(publish(&hp, "p2")).await;
-    let a = host.expect("answer", |v| v["rid"] == "p2").await;
-    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
-    let hp = Arc::new(hp);
-    let run = Arc::new(AtomicBool::new(true));
-    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
-    let (vu, vpw) = ("viewufrag", "viewufragpassword0123456789ab");
-    let mut vp = TestPeer::new(vu, vpw).expect("peer");
-    viewer
-        .send(json!({"type": "subscribe", "sdp": subscriber_offer(&vp, vu, vpw), "video_slots": 1, "audio_slots": 1, "rid": "s2"}))
-        .await;
-    let a = viewer.expect("answer", |v| v["rid"] == "s2").await;
-    connect_peer(&mut vp, a["sdp"].as_str().expect("sdp")).await;
+    let sender = publish_and_send(&mut host, hu, hpw, "p2").await;
+    let vp = subscribe_peer(&mut viewer, "viewufrag", "s2").await;
     viewer
         .expect("slots", |v| slot_participant(v, "video") == host_id)
         .await;
@@ -684,8 +685,7 @@ async fn engine_restart_renegotiates_and_media_resumes_on_stage() {
         rtp_within(&vp, Duration::from_secs(2)).await > 20,
         "media flows again after the renegotiation"
     );
-    run.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    sender.stop().await;
     drop(control);
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -709,15 +709,7 @@ async fn dropped_socket_resumes_within_the_grace_and_is_removed_after_it() {
     let vtok = token(room, Role::Viewer, "viewer", None);
     let (mut viewer, w, vp) = subscribed(addr, &vtok, "viewufrag").await;
     let viewer_id = w["you"]["id"].as_u64().expect("id");
-    let (hu, hpw) = ("hostufrag", "hostpassword0123456789ab");
-    let mut hp = TestPeer::new(hu, hpw).expect("peer");
-    host.send(json!({"type": "publish", "sdp": publisher_offer(&hp, hu, hpw), "rid": "p"}))
-        .await;
-    let a = host.expect("answer", |v| v["rid"] == "p").await;
-    connect_peer(&mut hp, a["sdp"].as_str().expect("sdp")).await;
-    let hp = Arc::new(hp);
-    let run = Arc::new(AtomicBool::new(true));
-    let sender = spawn_sender(Arc::clone(&hp), Arc::clone(&run));
+    let sender = publish_and_send(&mut host, "hostufrag", "hostpassword0123456789ab", "p").await;
     let stage = json!({"type": "move", "participant": host_id, "to": "stage"});
     prod.send(stage.clone()).await;
     viewer
@@ -786,7 +778,6 @@ async fn dropped_socket_resumes_within_the_grace_and_is_removed_after_it() {
         ),
         (2, 1, 1)
     );
-    run.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    sender.stop().await;
     let _ = std::fs::remove_dir_all(&data);
 }
