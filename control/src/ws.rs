@@ -556,6 +556,14 @@ pub(crate) struct Core {
     detach_queue: std::collections::VecDeque<(u64, Pid)>,
 }
 
+impl Core {
+    /// The lock-held half of a leave: `pid` out of the session (a no-op if it is gone already)
+    /// and its media out of the core; [`finish_leave`] does the rest without the lock.
+    fn take_leaver(&mut self, now_ms: u64, pid: Pid) -> (Outcome, Option<PMedia>) {
+        (self.session.leave(now_ms, pid), self.media.remove(&pid))
+    }
+}
+
 /// One ILS session (named like its room): core, media and fan-out channels.
 pub struct IlsRoom {
     /// Room name (the token's `room`; WHIP/WHEP sessions of the same room see its stage).
@@ -839,8 +847,7 @@ async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
             core.detach_queue.pop_front();
             if core.detached.get(&pid) == Some(&deadline) {
                 core.detached.remove(&pid);
-                let o = core.session.leave(now, pid);
-                expired.push((o, core.media.remove(&pid)));
+                expired.push(core.take_leaver(now, pid));
             }
         }
         if !expired.is_empty() {
@@ -849,9 +856,8 @@ async fn run_ticks(app: Arc<App>, room: Weak<IlsRoom>) {
                 .counters
                 .resume_expired
                 .fetch_add(expired.len() as u64, Ordering::Relaxed);
-            for (o, media) in expired {
-                drop_media(&app, media).await;
-                run_outcome(&app, &r, o).await;
+            for left in expired {
+                finish_leave(&app, &r, left).await;
             }
             core = r.core.lock().await;
         }
@@ -1806,20 +1812,13 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
     run_outcome(app, &room, outcome).await;
     // The latest slot mapping after the resumed welcome: changes made while detached.
     if let Some(json) = last_slots {
-        let f = Frame {
+        let f = Arc::new(Frame {
             to: To::Participant(pid),
             json,
             kind: "slots",
             closes: None,
-        };
-        if let Some(h) = room
-            .handles
-            .lock()
-            .ok()
-            .and_then(|h| h.get(&pid).map(|x| x.tx.clone()))
-        {
-            let _ = h.try_send(Direct::Frame(Arc::new(f)));
-        }
+        });
+        room.direct(&app.ils.counters, pid, Direct::Frame(f));
     }
     for m in undelivered {
         room.send_msg(&app.ils.counters, pid, m);
@@ -1972,11 +1971,16 @@ async fn run_socket(app: &Arc<App>, conn: &mut Conn) {
         return;
     }
     // The participant leaves (no-op if the session already removed it).
-    let o = core.session.leave(room.now_ms(), pid);
-    let media = core.media.remove(&pid);
+    let left = core.take_leaver(room.now_ms(), pid);
     drop(core);
+    finish_leave(app, &room, left).await;
+}
+
+/// The rest of a leave begun by [`Core::take_leaver`], without the core lock: the
+/// participant's engine media removed, then the session's outcome run.
+async fn finish_leave(app: &Arc<App>, room: &Arc<IlsRoom>, (o, media): (Outcome, Option<PMedia>)) {
     drop_media(app, media).await;
-    run_outcome(app, &room, o).await;
+    run_outcome(app, room, o).await;
 }
 
 /// Who a socket is, for filtering broadcast frames: participant, role, place (read per frame:

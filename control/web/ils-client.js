@@ -350,11 +350,7 @@ export class IlsClient {
     client.target = target;
     client.token = token;
     client.opts = opts;
-    /** @type {any} */
-    const hello = { type: "hello", v: PROTOCOL_VERSION, token };
-    if (opts.name) hello.name = opts.name;
-    const welcome = await client.request(hello, "welcome");
-    client.applyWelcome(welcome);
+    client.applyWelcome(await client.hello(false));
     return client;
   }
 
@@ -407,6 +403,18 @@ export class IlsClient {
     this.renegotiations = 0;
     this.closed = false;
     this.attach(ws);
+  }
+
+  /**
+   * Sends `hello` with the client's token and name on its current socket and resolves with the
+   * `welcome`. @param {boolean} resume  ask to resume the identity's participant (after a drop)
+   */
+  hello(resume) {
+    /** @type {any} */
+    const msg = { type: "hello", v: PROTOCOL_VERSION, token: this.token };
+    if (this.opts.name) msg.name = this.opts.name;
+    if (resume) msg.resume = true;
+    return this.request(msg, "welcome");
   }
 
   /** Listens to `ws` and makes it the client's socket. @param {WebSocket} ws */
@@ -733,10 +741,7 @@ export class IlsClient {
       delay = Math.min(delay * 2, RECONNECT_MAX_DELAY_MS);
       try {
         this.attach(await openSocket(this.target, this.opts));
-        /** @type {any} */
-        const hello = { type: "hello", v: PROTOCOL_VERSION, token: this.token, resume: true };
-        if (this.opts.name) hello.name = this.opts.name;
-        const w = await this.request(hello, "welcome");
+        const w = await this.hello(true);
         this.reconnecting = false;
         this.reconnects += 1;
         this.applyWelcome(w);
